@@ -1,0 +1,255 @@
+"""Typer commands: train, plot, sample, eval, datasets."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vaelab.errors import VaelabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, evaluate, visualise and ship variational autoencoders.",
+)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Arch(str, Enum):
+    conv = "conv"
+    dense = "dense"
+    mlp = "mlp"
+
+
+class Likelihood(str, Enum):
+    bernoulli = "bernoulli"
+    gaussian = "gaussian"
+
+
+class Prior(str, Enum):
+    standard = "standard"
+    correlated = "correlated"
+
+
+class Objective(str, Enum):
+    elbo = "elbo"
+    iwae = "iwae"
+
+
+class Binarize(str, Enum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _default_out() -> Path:
+    return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def _check_fresh_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"--out {out} is a file, not a directory")
+    if (out / "config.toml").exists():
+        raise VaelabError(
+            f"{out} already holds a run; continue it with `vaelab train --resume {out}` or choose another --out"
+        )
+
+
+@app.command()
+def train(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/train-DATE-TIME).")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="A TOML file of [data] [model] [objective] [train].")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override one key: section.key=value (repeatable).")
+    ] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 30].")] = None,
+    latent_dim: Annotated[int | None, typer.Option("--latent-dim", help="Latent dimensions [default: 2].")] = None,
+    arch: Annotated[Arch | None, typer.Option(help="Encoder/decoder networks [default: conv].")] = None,
+    likelihood: Annotated[Likelihood | None, typer.Option(help="p(x|z) [default: bernoulli].")] = None,
+    prior: Annotated[Prior | None, typer.Option(help="p(z) [default: standard].")] = None,
+    objective: Annotated[Objective | None, typer.Option(help="Training bound [default: elbo].")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Importance samples for --objective iwae.")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL weight (beta-VAE) [default: 1].")] = None,
+    dataset: Annotated[str | None, typer.Option(help="mnist, fashion-mnist, an IDX folder or an .npz file.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder searched first for data files.")] = None,
+    binarize: Annotated[Binarize | None, typer.Option(help="Binarisation of the images [default: none].")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 128]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate [default: 1e-3].")] = None,
+    seed: Annotated[int | None, typer.Option(help="The one seed of the run [default: 0].")] = None,
+    precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16 autocast [default: fp32].")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads (0 = all cores).")] = None,
+    no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
+) -> None:
+    """Train a VAE. With no options: the study's experiment 1 (2-D conv VAE, MNIST, 30 epochs)."""
+    from vaelab.config import RunConfig, apply_overrides
+    from vaelab.train import Trainer
+
+    if resume is not None:
+        trainer = Trainer.resume(resume, figures=not no_figures)
+        err_console.print(f"resuming {resume} after epoch {trainer.epoch}")
+        out = resume
+    else:
+        config = RunConfig.load(config_file) if config_file else RunConfig()
+        flags = {
+            "train.epochs": epochs,
+            "model.latent_dim": latent_dim,
+            "model.arch": arch.value if arch else None,
+            "model.likelihood": likelihood.value if likelihood else None,
+            "model.prior": prior.value if prior else None,
+            "objective.name": objective.value if objective else None,
+            "objective.k": k,
+            "objective.beta": beta,
+            "data.name": dataset,
+            "data.data_dir": str(data_dir) if data_dir else None,
+            "data.binarize": binarize.value if binarize else None,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.seed": seed,
+            "train.precision": precision.value if precision else None,
+            "train.threads": threads,
+        }
+        overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+        config = apply_overrides(config, overrides + list(set_ or []))
+        out = out or _default_out()
+        _check_fresh_out(out)
+        err_console.print(f"training into {out}")
+        trainer = Trainer(config, out, figures=not no_figures)
+    test = trainer.fit()
+    console.print(
+        f"test: total {test['total']:.2f} = reconstruction {test['reconstruction']:.2f} + KL {test['kl']:.2f} "
+        f"nats per image; run written to {out}"
+    )
+
+
+def _load_run(run_dir: Path):
+    from vaelab.model import load_model
+
+    return load_model(run_dir)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+) -> None:
+    """(Re)draw a run's figures into RUN_DIR/figures."""
+    from vaelab.data import load_dataset, to_unit_float
+    from vaelab.viz import write_run_figures
+
+    model, config, meta = _load_run(run_dir)
+    dataset = load_dataset(config.data.name, config.data.data_dir or None)
+    records = _read_records(run_dir)
+    paths = write_run_figures(
+        model,
+        run_dir / "figures",
+        records,
+        to_unit_float(dataset.x_test),
+        dataset.y_test,
+        class_names=dataset.class_names,
+        seed=config.train.seed,
+    )
+    for path in paths:
+        console.print(str(path))
+
+
+def _read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as err:
+        raise VaelabError(f"{path} is not valid JSON lines ({err})") from None
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many images.")] = 64,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG path (default RUN_DIR/figures/samples-N-seedS.png).")
+    ] = None,
+) -> None:
+    """Decode N draws from the prior into a PNG grid."""
+    import torch
+
+    from vaelab.viz import figures
+
+    model, _, _ = _load_run(run_dir)
+    images = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    out = out or run_dir / "figures" / f"samples-{n}-seed{seed}.png"
+    figures.save_grid_png(images, out)
+    console.print(str(out))
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seed: Annotated[int, typer.Option(help="Noise seed of the evaluation.")] = 0,
+) -> None:
+    """Test-set bound per image in nats: total (-ELBO), reconstruction, KL."""
+    from vaelab.data import Batches, load_dataset
+    from vaelab.eval import evaluate_elbo
+
+    model, config, meta = _load_run(run_dir)
+    dataset = load_dataset(config.data.name, config.data.data_dir or None)
+    batches = Batches(
+        dataset.x_test, dataset.y_test, config.train.eval_batch_size, config.data.binarize, training=False
+    )
+    result = {
+        "run": str(run_dir),
+        "dataset": dataset.name,
+        "split": "test",
+        "images": len(dataset.x_test),
+        **evaluate_elbo(model, batches, seed=seed),
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{run_dir} on the {dataset.name} test set (per image, nats)")
+    for column in ("total (-ELBO)", "reconstruction", "KL"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result['total']:.2f}", f"{result['reconstruction']:.2f}", f"{result['kl']:.2f}")
+    console.print(table)
+    if "kl_per_dim" in result:
+        console.print("KL per latent dimension: " + ", ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+
+
+@app.command()
+def datasets(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder searched first.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which data sets are available, and where each is read from."""
+    from vaelab.data import describe_datasets
+
+    rows = describe_datasets(data_dir)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="data sets")
+    for column in ("name", "location", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["location"], row["description"])
+    console.print(table)

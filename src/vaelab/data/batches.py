@@ -1,0 +1,70 @@
+"""Batches built by indexing uint8 tensors held in memory, converted to float one batch at a time.
+
+No per-sample ``Dataset``: a batch is ``x[idx]`` (one gather) then ``/ 255`` (one pass), which is
+what keeps the data path off the profile. Binarisation follows the literature:
+
+* ``none``: grey levels in [0, 1] used directly as Bernoulli targets (the study's convention);
+* ``dynamic``: a fresh Bernoulli(x) sample for every training batch, while validation and test
+  images are binarised once with a fixed seed (Burda et al. 2016), so evaluations are comparable;
+* ``static``: every split binarised once with a fixed seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+FIXED_BINARIZATION_SEED = 1234
+
+
+def to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def binarize_fixed(x: torch.Tensor, seed: int = FIXED_BINARIZATION_SEED) -> torch.Tensor:
+    """A Bernoulli sample of uint8 images with a fixed seed, returned as uint8 0/255."""
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.bernoulli(to_unit_float(x), generator=generator)
+    return sample.to(torch.uint8).mul_(255)
+
+
+class Batches:
+    """Shuffled (or ordered) float batches of one split, with the split's binarisation applied."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        batch_size: int = 128,
+        binarize: str = "none",
+        training: bool = True,
+    ) -> None:
+        self.binarize_each_batch = binarize == "dynamic" and training
+        if binarize == "static" or (binarize == "dynamic" and not training):
+            images = binarize_fixed(images)
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def epoch(self, generator: torch.Generator | None = None, shuffle: bool = True) -> Iterator[torch.Tensor]:
+        """Float batches in [0, 1]; the generator drives the shuffle and the dynamic binarisation."""
+        n = len(self.images)
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        for start in range(0, n, self.batch_size):
+            index = (
+                order[start : start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            )
+            x = to_unit_float(self.images[index])
+            if self.binarize_each_batch:
+                x = torch.bernoulli(x, generator=generator)
+            yield x
+
+    def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Ordered (x, y) batches, for evaluation."""
+        assert self.labels is not None
+        for start, x in zip(range(0, len(self.images), self.batch_size), self.epoch(shuffle=False)):
+            yield x, self.labels[start : start + self.batch_size]

@@ -1,0 +1,311 @@
+"""Labelled image data sets held in memory as uint8 tensors, and the registry that finds them.
+
+``load_dataset("mnist")`` reads the copy shipped inside the package; ``"fashion-mnist"`` is looked
+for in ``data_dir``, ``$VAELAB_DATA``, Debian's ``/usr/share/datasets/fashion-mnist`` and the user
+cache, then downloaded from the official mirror. A folder of IDX files or an ``.npz`` file can be
+registered under a name, or passed directly as the data set's name.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab.data.idx import read_idx
+from vaelab.data.sources import (
+    SPLIT_FILES,
+    RemoteFiles,
+    cache_dir,
+    download,
+    find_idx_file,
+    folder_has_idx_set,
+    verify_md5,
+)
+from vaelab.errors import VaelabError
+
+MNIST_FILES = RemoteFiles(
+    md5={  # the official sums of the uncompressed files (see data/mnist/MD5SUMS.uncompressed)
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist", "https://storage.googleapis.com/cvdf-datasets/mnist"),
+)
+FASHION_MNIST_FILES = RemoteFiles(
+    md5={  # uncompressed content of the release (zalandoresearch/fashion-mnist, data/fashion)
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
+)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class ImageDataset:
+    """Train and test images (uint8, N x C x H x W) with integer labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    source: str
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise VaelabError(
+                    f"{self.name}: {split} images must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}"
+                )
+            if y.dim() != 1 or len(y) != len(x):
+                raise VaelabError(f"{self.name}: {len(x)} {split} images but {tuple(y.shape)} labels; they must match")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise VaelabError(
+                f"{self.name}: train images are {tuple(self.x_train.shape[1:])} but test images "
+                f"{tuple(self.x_test.shape[1:])}"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def splits(
+        self, validation_size: int, train_limit: int = 0, test_limit: int = 0
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """train / validation (the last ``validation_size`` training images, a fixed split) / test.
+
+        ``train_limit`` / ``test_limit`` (0 = no limit) keep only the first images of a split.
+        """
+        n = len(self.x_train)
+        if not 0 <= validation_size < n:
+            raise VaelabError(f"data.validation_size = {validation_size} must be smaller than the {n} training images")
+        cut = n - validation_size
+        train_end = min(cut, train_limit) if train_limit else cut
+        test_end = test_limit or len(self.x_test)
+        return {
+            "train": (self.x_train[:train_end], self.y_train[:train_end]),
+            "validation": (self.x_train[cut:], self.y_train[cut:]),
+            "test": (self.x_test[:test_end], self.y_test[:test_end]),
+        }
+
+
+Loader = Callable[[Path | None], ImageDataset]
+
+
+@dataclass
+class RegistryEntry:
+    name: str
+    description: str
+    load: Loader
+    locate: Callable[[Path | None], str | None]  # where it would be read from now, or None if not present
+
+
+_REGISTRY: dict[str, RegistryEntry] = {}
+
+
+def register(
+    name: str, load: Loader, description: str = "", locate: Callable[[Path | None], str | None] | None = None
+) -> None:
+    """Make ``load(data_dir)`` available as ``load_dataset(name)``."""
+    _REGISTRY[name] = RegistryEntry(name, description, load, locate or (lambda _dir: "registered"))
+
+
+def register_idx_folder(name: str, folder: str | Path, class_names: tuple[str, ...] = ()) -> None:
+    folder = Path(folder)
+    register(
+        name,
+        lambda _dir: load_idx_folder(folder, name, class_names=class_names),
+        f"IDX files in {folder}",
+        lambda _dir: str(folder) if folder_has_idx_set(folder) else None,
+    )
+
+
+def register_npz(name: str, path: str | Path) -> None:
+    path = Path(path)
+    register(
+        name, lambda _dir: load_npz(path, name), f"npz file {path}", lambda _dir: str(path) if path.is_file() else None
+    )
+
+
+def registered_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
+    """A registered data set by name, or a folder of IDX files / an ``.npz`` file by path."""
+    data_dir = Path(data_dir) if data_dir else None
+    if name in _REGISTRY:
+        return _REGISTRY[name].load(data_dir)
+    path = Path(name).expanduser()
+    if path.suffix == ".npz":
+        return load_npz(path, path.stem)
+    if path.is_dir():
+        return load_idx_folder(path, path.name)
+    raise VaelabError(
+        f"unknown data set {name!r}: use one of {', '.join(_REGISTRY)}, a folder of IDX files, or an .npz file "
+        "holding x_train, y_train, x_test, y_test"
+    )
+
+
+def describe_datasets(data_dir: str | Path | None = None) -> list[dict[str, str]]:
+    """One row per registered data set: name, description, and where it is found (or 'not found')."""
+    data_dir = Path(data_dir) if data_dir else None
+    rows = []
+    for entry in _REGISTRY.values():
+        where = entry.locate(data_dir)
+        rows.append({"name": entry.name, "description": entry.description, "location": where or "not found"})
+    return rows
+
+
+# --- readers -------------------------------------------------------------------------------------
+
+
+def load_idx_folder(
+    folder: Path, name: str, md5: dict[str, str] | None = None, class_names: tuple[str, ...] = (), source: str = ""
+) -> ImageDataset:
+    folder = Path(folder)
+    arrays = []
+    for file_name in SPLIT_FILES:
+        path = find_idx_file(folder, file_name)
+        if path is None:
+            raise VaelabError(f"{folder} lacks {file_name} (or {file_name}.gz), one of the four IDX files of {name}")
+        if md5:
+            verify_md5(path, md5[file_name])
+        arrays.append(read_idx(path))
+    x_train, y_train, x_test, y_test = arrays
+    return _from_arrays(name, x_train, y_train, x_test, y_test, source or str(folder), class_names)
+
+
+def load_npz(path: Path, name: str) -> ImageDataset:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files]
+            if missing:
+                raise VaelabError(
+                    f"{path} lacks the arrays {', '.join(missing)} (needs x_train, y_train, x_test, y_test)"
+                )
+            arrays = [archive[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except FileNotFoundError:
+        raise VaelabError(f"data file {path} does not exist") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise VaelabError(f"{path} is not a readable .npz file ({err})") from None
+    return _from_arrays(name, *arrays, source=str(path), class_names=())
+
+
+def _from_arrays(name, x_train, y_train, x_test, y_test, source, class_names) -> ImageDataset:
+    return ImageDataset(
+        name=name,
+        x_train=_images(x_train, name, "x_train"),
+        y_train=_labels(y_train, name, "y_train"),
+        x_test=_images(x_test, name, "x_test"),
+        y_test=_labels(y_test, name, "y_test"),
+        source=source,
+        class_names=tuple(class_names),
+    )
+
+
+def _images(array: np.ndarray, name: str, key: str) -> torch.Tensor:
+    """N x H x W, N x H x W x C (C in 1, 3) or N x C x H x W; uint8, or floats in [0, 1]."""
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
+        array = array.transpose(0, 3, 1, 2)
+    elif array.ndim != 4:
+        raise VaelabError(f"{name}: {key} must be N x H x W or N x C x H x W images, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+            raise VaelabError(f"{name}: {key} must be uint8 or floats in [0, 1], got {array.dtype}")
+        array = np.rint(array * 255)
+    return torch.from_numpy(np.array(array, dtype=np.uint8, order="C"))  # a writable copy
+
+
+def _labels(array: np.ndarray, name: str, key: str) -> torch.Tensor:
+    array = np.asarray(array)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise VaelabError(f"{name}: {key} must be a 1-D integer array, got {array.dtype} {array.shape}")
+    return torch.from_numpy(np.array(array, dtype=np.int64))
+
+
+# --- the built-in data sets ----------------------------------------------------------------------
+
+
+def packaged_mnist_dir() -> Path:
+    return Path(str(resources.files("vaelab") / "data" / "mnist"))
+
+
+def _load_mnist(data_dir: Path | None) -> ImageDataset:
+    folder = packaged_mnist_dir()
+    if not folder_has_idx_set(folder):  # a stripped install: look where Fashion-MNIST is looked for
+        return _load_searched("mnist", MNIST_FILES, data_dir, (), tuple(str(d) for d in range(10)))
+    return load_idx_folder(folder, "mnist", MNIST_FILES.md5, tuple(str(d) for d in range(10)), "vaelab package")
+
+
+FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
+def _search_path(name: str, data_dir: Path | None, extra: tuple[Path, ...]) -> list[Path]:
+    folders: list[Path] = []
+    for base in (data_dir, Path(os.environ["VAELAB_DATA"]) if os.environ.get("VAELAB_DATA") else None):
+        if base is not None:
+            folders += [base / name, base]
+    return folders + list(extra) + [cache_dir() / name]
+
+
+def _load_searched(name, remote: RemoteFiles, data_dir, extra, class_names) -> ImageDataset:
+    folders = _search_path(name, data_dir, extra)
+    for folder in folders:
+        if folder_has_idx_set(folder):
+            return load_idx_folder(folder, name, remote.md5, class_names)
+    target = cache_dir() / name
+    try:
+        download(remote, target)
+    except ConnectionError as err:
+        looked = ", ".join(str(f) for f in folders)
+        raise VaelabError(
+            f"{name} was not found (looked in {looked}) and could not be downloaded ({err}). "
+            "Fix one of: pass --data-dir DIR holding the four IDX files; set VAELAB_DATA=DIR; "
+            + ("install the Debian package dataset-fashion-mnist; " if name == "fashion-mnist" else "")
+            + f"or copy the files into {target}"
+        ) from None
+    return load_idx_folder(target, name, remote.md5, class_names)
+
+
+def _locate_searched(name: str, extra: tuple[Path, ...]) -> Callable[[Path | None], str | None]:
+    def locate(data_dir: Path | None) -> str | None:
+        for folder in _search_path(name, data_dir, extra):
+            if folder_has_idx_set(folder):
+                return str(folder)
+        return None
+
+    return locate
+
+
+register(
+    "mnist",
+    _load_mnist,
+    "MNIST handwritten digits, 60k train / 10k test, 28x28 (shipped with vaelab)",
+    lambda _dir: "vaelab package" if folder_has_idx_set(packaged_mnist_dir()) else None,
+)
+register(
+    "fashion-mnist",
+    lambda data_dir: _load_searched(
+        "fashion-mnist", FASHION_MNIST_FILES, data_dir, (DEBIAN_FASHION_MNIST,), FASHION_CLASSES
+    ),
+    "Fashion-MNIST (Zalando), 60k train / 10k test, 28x28",
+    _locate_searched("fashion-mnist", (DEBIAN_FASHION_MNIST,)),
+)

@@ -1,0 +1,37 @@
+"""Likelihoods p(x | z): map the decoder's output image(s) to a distribution over images.
+
+The decoder produces ``params_per_channel`` maps per image channel; each likelihood here is a
+true (normalised) log-density over the C x H x W event, except that the Bernoulli family is also
+used with grey-level targets in [0, 1], as the study and most tutorials do (a cross-entropy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x|z) = prod Bernoulli(sigmoid(logits)), evaluated from logits (no sigmoid-then-log)."""
+
+    params_per_channel = 1
+
+    def forward(self, logits: torch.Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=logits, validate_args=False), 3, validate_args=False)
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x|z) = N(x; mu(z), scale^2 I) with a fixed scale, normalising constant included."""
+
+    params_per_channel = 1
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, mean: torch.Tensor) -> Distribution:
+        return Independent(Normal(mean, self.scale, validate_args=False), 3, validate_args=False)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"

@@ -1,0 +1,48 @@
+"""Posterior families q(z | x): map the encoder's output vector to a distribution over z."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal
+
+
+class DiagonalGaussian(nn.Module):
+    """q(z|x) = N(mu, diag sigma^2); the encoder outputs mu and log sigma^2 (the study's choice)."""
+
+    def param_size(self, latent_dim: int) -> int:
+        return 2 * latent_dim
+
+    def forward(self, params: torch.Tensor) -> Independent:
+        mu, log_var = params.chunk(2, dim=-1)
+        return Independent(Normal(mu, torch.exp(0.5 * log_var), validate_args=False), 1, validate_args=False)
+
+
+class StudyCholeskySample(Independent):
+    """The study's posterior sampler, kept to compare with its figures: z = mu + L eps.
+
+    L is the *prior's* Cholesky factor, so the encoder's sigma never enters the sample, while the
+    KL term is still computed from N(mu, diag sigma^2) (it inherits Independent's KL rules). The
+    pair is therefore not an ELBO of any one posterior; vaelab's default is z = mu + sigma * eps.
+    """
+
+    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        super().__init__(Normal(mu, sigma, validate_args=False), 1, validate_args=False)
+        self.scale_tril = scale_tril
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        mu = self.base_dist.loc
+        eps = torch.randn(torch.Size(sample_shape) + mu.shape, dtype=mu.dtype, device=mu.device)
+        return mu + eps @ self.scale_tril.transpose(-1, -2)
+
+
+class DiagonalGaussianStudySampling(DiagonalGaussian):
+    """DiagonalGaussian whose samples follow the study's z = mu + L eps (see StudyCholeskySample)."""
+
+    def __init__(self, prior_scale_tril: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("prior_scale_tril", prior_scale_tril.clone())
+
+    def forward(self, params: torch.Tensor) -> StudyCholeskySample:
+        mu, log_var = params.chunk(2, dim=-1)
+        return StudyCholeskySample(mu, torch.exp(0.5 * log_var), self.prior_scale_tril)

@@ -1,0 +1,76 @@
+"""The VAE: encoder -> posterior family q(z|x), prior p(z), decoder -> likelihood p(x|z).
+
+The class only composes the five pieces; what is optimised lives in ``objectives``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+
+class VAE(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        posterior: nn.Module,
+        prior: nn.Module,
+        decoder: nn.Module,
+        likelihood: nn.Module,
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.posterior = posterior
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)
+
+    def q_z(self, x: torch.Tensor) -> Distribution:
+        """The approximate posterior q(z | x) for a batch of images."""
+        return self.posterior(self.encoder(x))
+
+    def p_z(self) -> Distribution:
+        return self.prior()
+
+    def p_x(self, z: torch.Tensor) -> Distribution:
+        """p(x | z); ``z`` may carry leading sample dimensions (S x B x d), which are kept."""
+        lead = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        return self.likelihood(out.reshape(*lead, *out.shape[1:]))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior means E_q[z | x] (what the latent scatter plots show)."""
+        return self.q_z(x).mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean image for each z (what the manifold grids show)."""
+        return self.p_x(z).mean.clamp(0, 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images decoded from ``n`` prior samples."""
+        prior = self.p_z()
+        if generator is None:
+            z = prior.sample((n,))
+        else:
+            eps = torch.randn((n, self.latent_dim), generator=generator)
+            z = _prior_transform(prior, eps)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def _prior_transform(prior: Distribution, eps: torch.Tensor) -> torch.Tensor:
+    """Map standard normal noise through the prior's location-scale (Gaussian priors)."""
+    if hasattr(prior, "scale_tril"):
+        return prior.loc + eps @ prior.scale_tril.T
+    return prior.mean + eps * prior.stddev

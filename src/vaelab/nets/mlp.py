@@ -1,0 +1,56 @@
+"""Fully connected encoders and decoders: a general builder, the study's dense reference
+(784-512-256-d / d-256-512-784, ReLU) and Burda et al.'s (784-200-200-d, tanh) are instances."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+}
+
+
+def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers through ``widths`` with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(
+        self, image_shape: tuple[int, int, int], hidden: list[int], out_features: int, activation: str
+    ) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(image_shape), *hidden, out_features], activation))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLPDecoder(nn.Module):
+    """Mirror of the encoder: z -> reversed hidden widths -> an image of ``out_channels`` maps."""
+
+    def __init__(
+        self, latent_dim: int, image_shape: tuple[int, int, int], hidden: list[int], out_channels: int, activation: str
+    ) -> None:
+        super().__init__()
+        _, h, w = image_shape
+        self.net = nn.Sequential(
+            mlp([latent_dim, *reversed(hidden), out_channels * h * w], activation),
+            nn.Unflatten(1, (out_channels, h, w)),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

@@ -1,0 +1,79 @@
+"""Resumable checkpoints in one safetensors file: tensors in the body, the rest as JSON metadata.
+
+One file means one atomic rename, so a checkpoint is always whole: a run killed while writing
+keeps the previous one. Optimiser state is flattened to named tensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from vaelab.errors import VaelabError
+from vaelab.io import atomic_write
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng_states: dict[str, torch.Tensor],
+    info: dict[str, Any],
+) -> None:
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    }
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, state in opt["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param_id}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    for name, state in rng_states.items():
+        tensors[f"rng.{name}"] = state.contiguous()
+    metadata = {
+        "info": json.dumps(info),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "optimizer_scalars": json.dumps(scalars),
+    }
+    atomic_write(Path(path), lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model and optimiser in place; return (rng states, info)."""
+    path = Path(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        info = json.loads(metadata["info"])
+        param_groups = json.loads(metadata["param_groups"])
+        scalars = json.loads(metadata.get("optimizer_scalars", "{}"))
+    except FileNotFoundError:
+        raise VaelabError(f"no checkpoint at {path}: the run never finished an epoch, start it again") from None
+    except Exception as err:  # corrupt header, missing keys
+        raise VaelabError(f"{path} is not a readable vaelab checkpoint ({err})") from None
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as err:
+        raise VaelabError(f"{path} does not match the run's model: {err}") from None
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            opt_state.setdefault(int(param_id), {})[name] = value
+    for param_id, values in scalars.items():
+        opt_state.setdefault(int(param_id), {}).update(values)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+    rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return rng, info

@@ -1,0 +1,295 @@
+"""The training loop, and the run directory it writes.
+
+A run directory holds (DESIGN.md): ``config.toml`` (fully resolved), ``model.safetensors`` +
+``model.json``, ``checkpoint/last.safetensors`` (for resume), ``metrics.jsonl``, TensorBoard
+``events.*``, ``figures/*.png`` and ``report.md``.
+
+Determinism: one seed drives weight initialisation, the reparameterisation noise (torch's global
+RNG) and the data order and dynamic binarisation (a separate generator). Both RNG states go into
+every end-of-epoch checkpoint, so an interrupted run resumed from its last checkpoint replays the
+remaining epochs exactly as an uninterrupted run would (same thread count assumed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+import vaelab
+from vaelab.config import RunConfig
+from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
+from vaelab.errors import VaelabError
+from vaelab.eval.bound import evaluate_elbo
+from vaelab.io import atomic_write_text
+from vaelab.model import build_vae, make_objective, save_model
+from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
+
+CHECKPOINT = Path("checkpoint") / "last.safetensors"
+EVAL_SEED_OFFSET = 10_000  # evaluation noise is seeded apart from the training stream
+
+
+def environment() -> dict[str, str]:
+    return {
+        "vaelab": vaelab.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+class Trainer:
+    """Trains one run. ``Trainer(config, run_dir).fit()``, or ``Trainer.resume(run_dir).fit()``."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console | None = None, figures: bool = True):
+        self.config = config.validate()
+        self.run_dir = Path(run_dir)
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.figures = figures
+        train = config.train
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        torch.manual_seed(train.seed)
+        self.data_generator = torch.Generator().manual_seed(train.seed)
+
+        self.dataset: ImageDataset = load_dataset(config.data.name, config.data.data_dir or None)
+        splits = self.dataset.splits(config.data.validation_size, config.data.train_limit, config.data.test_limit)
+        binarize = config.data.binarize
+        self.train_batches = Batches(*splits["train"], train.batch_size, binarize, training=True)
+        self.validation_batches = (
+            Batches(*splits["validation"], train.eval_batch_size, binarize, training=False)
+            if config.data.validation_size
+            else None
+        )
+        self.test_batches = Batches(*splits["test"], train.eval_batch_size, binarize, training=False)
+
+        self.model = build_vae(config.model, self.dataset.image_shape)
+        self.objective = make_objective(
+            config.objective.name, config.objective.beta, config.objective.k, config.objective.free_bits
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        self.epoch = 0  # epochs completed
+
+    # --- run directory ---------------------------------------------------------------------------
+
+    @classmethod
+    def resume(cls, run_dir: Path, console: Console | None = None, figures: bool = True) -> Trainer:
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.toml"
+        if not config_path.is_file():
+            raise VaelabError(f"{run_dir} is not a vaelab run directory (no config.toml); nothing to resume")
+        trainer = cls(RunConfig.load(config_path), run_dir, console=console, figures=figures)
+        rng, info = load_checkpoint(run_dir / CHECKPOINT, trainer.model, trainer.optimizer)
+        torch.set_rng_state(rng["torch"])
+        trainer.data_generator.set_state(rng["data"])
+        trainer.epoch = int(info["epoch"])
+        trainer._truncate_metrics(trainer.epoch)
+        return trainer
+
+    def _truncate_metrics(self, epoch: int) -> None:
+        """Drop records written after the checkpoint, so a resumed run's log has no duplicates."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [
+                line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch
+            ]
+            kept = [line for line in kept if json.loads(line)["split"] != "test"]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # --- training --------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.config.train.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _kl_weight(self, epoch_fraction: float) -> float:
+        warmup = self.config.objective.kl_warmup_epochs
+        return 1.0 if warmup == 0 else min(1.0, epoch_fraction / warmup)
+
+    def train_epoch(self, progress: Progress | None = None, task=None) -> dict[str, float]:
+        self.model.train()
+        steps = len(self.train_batches)
+        sums = torch.zeros(3, dtype=torch.float64)
+        count = 0
+        start = time.perf_counter()
+        for step, x in enumerate(self.train_batches.epoch(self.data_generator)):
+            with self._autocast():
+                terms = self.objective(self.model, x, kl_weight=self._kl_weight(self.epoch + step / steps))
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            self.optimizer.step()
+            # summing detached tensors keeps the loop free of a host sync per step
+            sums += torch.stack(
+                [terms.total.detach().sum(), terms.reconstruction.detach().sum(), terms.kl.detach().sum()]
+            ).double()
+            count += len(x)
+            if progress is not None and (step % 25 == 0 or step == steps - 1):
+                loss = sums[0].item() / count
+                if not math.isfinite(loss):
+                    raise VaelabError(
+                        f"training diverged (loss {loss}) in epoch {self.epoch + 1}; lower train.lr or check the data"
+                    )
+                progress.update(task, completed=step + 1, loss=f"{loss:8.2f}")
+        seconds = time.perf_counter() - start
+        total, reconstruction, kl = (sums / count).tolist()
+        if not math.isfinite(total):
+            raise VaelabError(f"training diverged (loss {total}) in epoch {self.epoch + 1}; lower train.lr")
+        return {
+            "total": total,
+            "reconstruction": reconstruction,
+            "kl": kl,
+            "seconds": seconds,
+            "images_per_second": count / seconds,
+        }
+
+    def evaluate(self, batches: Batches) -> dict[str, Any]:
+        return evaluate_elbo(self.model, batches, seed=self.config.train.seed + EVAL_SEED_OFFSET)
+
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        """Train the remaining epochs, then write the model, test metrics, figures and report."""
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.epoch == 0:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self.config.save(self.run_dir / "config.toml")
+        epochs = self.config.train.epochs
+        writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.epoch + 1 if self.epoch else None)
+        columns = [
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
+        show_bar = progress and self.console.is_terminal
+        try:
+            with Progress(*columns, console=self.console, disable=not show_bar, transient=True) as bar:
+                while self.epoch < epochs:
+                    task = bar.add_task(
+                        "train", total=len(self.train_batches), epoch=f"{self.epoch + 1}/{epochs}", loss=""
+                    )
+                    train_metrics = self.train_epoch(bar, task)
+                    bar.remove_task(task)
+                    self.epoch += 1
+                    self._end_epoch(train_metrics, writer, progress)
+        finally:
+            writer.close()
+        return self.finish()
+
+    def _end_epoch(self, train_metrics: dict[str, float], writer, progress: bool) -> None:
+        records = [{"epoch": self.epoch, "split": "train", **train_metrics}]
+        if self.validation_batches is not None:
+            records.append({"epoch": self.epoch, "split": "validation", **self.evaluate(self.validation_batches)})
+        for record in records:
+            self._log(record)
+            for key in ("total", "reconstruction", "kl"):
+                writer.add_scalar(f"{record['split']}/{key}", record[key], self.epoch)
+        writer.flush()
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            self.model,
+            self.optimizer,
+            {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()},
+            {"epoch": self.epoch},
+        )
+        if progress:
+            line = f"epoch {self.epoch}/{self.config.train.epochs}  train {train_metrics['total']:.2f}"
+            if len(records) > 1:
+                v = records[1]
+                line += f"  validation {v['total']:.2f} (recon {v['reconstruction']:.2f} + KL {v['kl']:.2f})"
+            line += f"  [{train_metrics['seconds']:.1f} s, {train_metrics['images_per_second']:.0f} img/s]"
+            self.console.print(line)
+
+    def finish(self) -> dict[str, Any]:
+        test = self.evaluate(self.test_batches)
+        self._log({"epoch": self.epoch, "split": "test", **test})
+        save_model(
+            self.model,
+            self.run_dir,
+            self.config,
+            {
+                "dataset": self.dataset.name,
+                "class_names": list(self.dataset.class_names),
+                "environment": environment(),
+                "test": test,
+                "epochs_trained": self.epoch,
+            },
+        )
+        figures = self.write_figures() if self.figures else []
+        write_run_report(self.run_dir, self.config, self.records(), figures)
+        return test
+
+    def write_figures(self) -> list[Path]:
+        from vaelab.viz import write_run_figures
+
+        x, y = self.test_batches.images, self.test_batches.labels
+        return write_run_figures(
+            self.model.eval(),
+            self.run_dir / "figures",
+            self.records(),
+            to_unit_float(x),
+            y,
+            class_names=self.dataset.class_names,
+            seed=self.config.train.seed,
+        )
+
+
+def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, Any]], figures: list[Path]) -> None:
+    """A short Markdown summary of one run: what was trained, the test numbers, the figures."""
+    test = next((r for r in reversed(records) if r["split"] == "test"), None)
+    train_rows = [r for r in records if r["split"] == "train"]
+    m, t = config.model, config.train
+    lines = [
+        f"# vaelab run: {run_dir.name}",
+        "",
+        f"- data: {config.data.name} (binarisation: {config.data.binarize}, validation: last {config.data.validation_size} training images)",
+        f"- model: {m.arch}, latent dim {m.latent_dim}, prior {m.prior}, likelihood {m.likelihood}, posterior {m.posterior}",
+        f"- objective: {config.objective.name} (beta {config.objective.beta}, k {config.objective.k})",
+        f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr}, seed {t.seed}, precision {t.precision}",
+    ]
+    if train_rows:
+        seconds = sum(r["seconds"] for r in train_rows)
+        lines.append(f"- training time: {seconds:.0f} s ({seconds / len(train_rows):.1f} s per epoch)")
+    if test:
+        lines += [
+            "",
+            "## Test set (per image, nats)",
+            "",
+            "| total (-ELBO) | reconstruction | KL |",
+            "|---|---|---|",
+            f"| {test['total']:.2f} | {test['reconstruction']:.2f} | {test['kl']:.2f} |",
+        ]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
