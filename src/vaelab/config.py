@@ -104,6 +104,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU)
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
     eval_batch_size: int = 1000
+    device: str = "cpu"  # cpu | cuda | cuda:N (batches are built on the CPU and moved per step)
 
     def validate(self) -> None:
         _at_least("train.epochs", self.epochs, 1)
@@ -114,6 +115,8 @@ class TrainConfig:
         _at_least("train.seed", self.seed, 0)
         _one_of("train.precision", self.precision, ("fp32", "bf16"))
         _at_least("train.threads", self.threads, 0)
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise VaelabError(f"train.device must be cpu, cuda or cuda:N; got {self.device!r}")
 
 
 @dataclass

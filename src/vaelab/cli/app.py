@@ -97,6 +97,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="The one seed of the run [default: 0].")] = None,
     precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16 autocast [default: fp32].")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (0 = all cores).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cpu].")] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
 ) -> None:
     """Train a VAE. With no options: the study's experiment 1 (2-D conv VAE, MNIST, 30 epochs)."""
@@ -126,6 +127,7 @@ def train(
             "train.seed": seed,
             "train.precision": precision.value if precision else None,
             "train.threads": threads,
+            "train.device": device,
         }
         overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
         config = apply_overrides(config, overrides + list(set_ or []))
@@ -192,12 +194,12 @@ def sample(
     """Decode N draws from the prior into a PNG grid."""
     import torch
 
-    from vaelab.viz import figures
+    from vaelab.viz import save_image_grid
 
     model, _, _ = _load_run(run_dir)
     images = model.sample(n, generator=torch.Generator().manual_seed(seed))
     out = out or run_dir / "figures" / f"samples-{n}-seed{seed}.png"
-    figures.save_grid_png(images, out)
+    save_image_grid(images, out)
     console.print(str(out))
 
 

@@ -22,13 +22,14 @@ def evaluate_elbo(model: VAE, batches: Batches, seed: int = 0) -> dict[str, floa
     sums = torch.zeros(3, dtype=torch.float64)
     kl_per_dim = None
     count = 0
-    with torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for x in batches.epoch(shuffle=False):
-            terms = objective(model, x)
-            sums += torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double()
+            terms = objective(model, x.to(device))
+            sums += torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double().cpu()
             if terms.kl_per_dim is not None:
-                batch_sum = terms.kl_per_dim.sum(0).double()
+                batch_sum = terms.kl_per_dim.sum(0).double().cpu()
                 kl_per_dim = batch_sum if kl_per_dim is None else kl_per_dim + batch_sum
             count += len(x)
     model.train(was_training)

@@ -80,7 +80,10 @@ class Trainer:
         )
         self.test_batches = Batches(*splits["test"], train.eval_batch_size, binarize, training=False)
 
-        self.model = build_vae(config.model, self.dataset.image_shape)
+        self.device = torch.device(train.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise VaelabError("train.device is cuda but this torch build sees no CUDA device; use train.device=cpu")
+        self.model = build_vae(config.model, self.dataset.image_shape).to(self.device)
         self.objective = make_objective(
             config.objective.name, config.objective.beta, config.objective.k, config.objective.free_bits
         )
@@ -99,6 +102,8 @@ class Trainer:
         rng, info = load_checkpoint(run_dir / CHECKPOINT, trainer.model, trainer.optimizer)
         torch.set_rng_state(rng["torch"])
         trainer.data_generator.set_state(rng["data"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], trainer.device)
         trainer.epoch = int(info["epoch"])
         trainer._truncate_metrics(trainer.epoch)
         return trainer
@@ -127,7 +132,7 @@ class Trainer:
 
     def _autocast(self):
         if self.config.train.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _kl_weight(self, epoch_fraction: float) -> float:
@@ -137,10 +142,11 @@ class Trainer:
     def train_epoch(self, progress: Progress | None = None, task=None) -> dict[str, float]:
         self.model.train()
         steps = len(self.train_batches)
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         count = 0
         start = time.perf_counter()
         for step, x in enumerate(self.train_batches.epoch(self.data_generator)):
+            x = x.to(self.device, non_blocking=True)
             with self._autocast():
                 terms = self.objective(self.model, x, kl_weight=self._kl_weight(self.epoch + step / steps))
             self.optimizer.zero_grad(set_to_none=True)
@@ -158,8 +164,8 @@ class Trainer:
                         f"training diverged (loss {loss}) in epoch {self.epoch + 1}; lower train.lr or check the data"
                     )
                 progress.update(task, completed=step + 1, loss=f"{loss:8.2f}")
+        total, reconstruction, kl = (sums / count).tolist()  # syncs the device before the clock stops
         seconds = time.perf_counter() - start
-        total, reconstruction, kl = (sums / count).tolist()
         if not math.isfinite(total):
             raise VaelabError(f"training diverged (loss {total}) in epoch {self.epoch + 1}; lower train.lr")
         return {
@@ -207,6 +213,12 @@ class Trainer:
             writer.close()
         return self.finish()
 
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
     def _end_epoch(self, train_metrics: dict[str, float], writer, progress: bool) -> None:
         records = [{"epoch": self.epoch, "split": "train", **train_metrics}]
         if self.validation_batches is not None:
@@ -220,7 +232,7 @@ class Trainer:
             self.run_dir / CHECKPOINT,
             self.model,
             self.optimizer,
-            {"torch": torch.get_rng_state(), "data": self.data_generator.get_state()},
+            self._rng_states(),
             {"epoch": self.epoch},
         )
         if progress:
@@ -233,6 +245,7 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         test = self.evaluate(self.test_batches)
+        self.model.cpu()  # saved weights and figures are device-independent
         self._log({"epoch": self.epoch, "split": "test", **test})
         save_model(
             self.model,

@@ -1,0 +1,597 @@
+"""Figures of a trained VAE: manifolds, latent scatters, loss curves, samples, reconstructions.
+
+Every function returns a matplotlib :class:`~matplotlib.figure.Figure`; :func:`save_figure` writes
+it atomically as PNG and closes it. Model work runs under ``torch.no_grad`` in eval mode (the
+model's mode is restored afterwards), decodes and encodes in batches, and returns to the CPU.
+
+Latent grids follow the study (and Keras' VAE example): rows top to bottom have the second
+coordinate decreasing, columns left to right the first increasing. For a correlated prior
+N(0, L Lᵀ) the grid is laid out in the prior's whitened coordinates u and decoded at z = L u, so
+the picture covers the prior's mass; the z points that were decoded are drawn beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Ellipse
+
+from vaelab.data import to_unit_float
+from vaelab.errors import VaelabError
+from vaelab.io import atomic_write
+from vaelab.model import VAE
+from vaelab.viz.grid import image_grid
+
+DPI = 110
+BATCH = 1000
+LOSS_TERMS = (("total", "total (negative ELBO)"), ("reconstruction", "reconstruction"), ("kl", "KL"))
+SPLIT_STYLE = {"train": ("C0", "-"), "validation": ("C1", "-")}
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _subplots(*args, figsize: tuple[float, float], **kwargs):
+    """``plt.subplots`` without pyplot: no global backend or figure registry is touched, so the
+    library works the same in scripts, servers and notebooks (where a Figure displays inline)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _inference(model: VAE) -> Iterator[torch.device]:
+    """no_grad + eval mode for the duration, restoring the model's mode; yields its device."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            yield param.device if param is not None else torch.device("cpu")
+    finally:
+        model.train(was_training)
+
+
+def _as_float_images(x: ArrayLike) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        return to_unit_float(x)
+    return x.float()
+
+
+def _numpy(a: ArrayLike) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _is_correlated(model: VAE) -> bool:
+    return hasattr(model.prior, "scale_tril")
+
+
+def encode_means(model: VAE, x: ArrayLike, batch_size: int = BATCH) -> torch.Tensor:
+    """Posterior means for images ``x`` (float in [0, 1] or uint8), encoded in batches; on CPU."""
+    x = _as_float_images(x)
+    with _inference(model) as device:
+        parts = [model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    if not parts:
+        return torch.empty(0, model.latent_dim)
+    return torch.cat(parts)
+
+
+def decode_latents(model: VAE, z: torch.Tensor, batch_size: int = BATCH) -> torch.Tensor:
+    """Mean images for latents ``z`` (N x d), decoded in batches; on CPU."""
+    with _inference(model) as device:
+        parts = [model.decode(z[i : i + batch_size].to(device)).cpu() for i in range(0, len(z), batch_size)]
+    return torch.cat(parts)
+
+
+def _grid_values(n: int, span: float) -> torch.Tensor:
+    if n < 1:
+        raise VaelabError(f"the grid needs n >= 1 points per side, got {n}")
+    if not span > 0:
+        raise VaelabError(f"the grid span must be > 0, got {span}")
+    return torch.linspace(-span, span, n)
+
+
+def _u_grid(n: int, span: float, latent_dim: int, fixed: Mapping[int, float] | None = None) -> torch.Tensor:
+    """n*n x d grid in display order: row r has u1 = values[n-1-r], column c has u0 = values[c]."""
+    values = _grid_values(n, span)
+    u = torch.zeros(n * n, latent_dim)
+    u[:, 0] = values.repeat(n)
+    u[:, 1] = values.flip(0).repeat_interleave(n)
+    for dim, value in (fixed or {}).items():
+        u[:, dim] = value
+    return u
+
+
+def _to_prior_geometry(model: VAE, u: torch.Tensor) -> torch.Tensor:
+    """z = loc + L u for a correlated prior; the grid itself (z = u) for the standard one."""
+    if not _is_correlated(model):
+        return u
+    L = model.prior.scale_tril.detach().float().cpu()
+    loc = model.prior.loc.detach().float().cpu()
+    return loc + u @ L.T
+
+
+def manifold_latents(model: VAE, n: int = 20, span: float = 3.0) -> torch.Tensor:
+    """The n*n x d latents :func:`latent_manifold` decodes, in display order (row-major).
+
+    Row r, column c is u = (values[c], values[n-1-r], 0, ..., 0) with values = linspace(-span,
+    span, n); the latent is u itself for the standard prior and L u for a correlated prior.
+    """
+    if model.latent_dim < 2:
+        raise VaelabError(f"a 2-D latent manifold needs latent_dim >= 2, the model has {model.latent_dim}")
+    return _to_prior_geometry(model, _u_grid(n, span, model.latent_dim))
+
+
+def cross_section_latents(model: VAE, value: float, n: int = 15, span: float = 3.0) -> torch.Tensor:
+    """The n*n x d latents of one :func:`manifold_cross_sections` panel: the (z0, z1) grid at z2 = value.
+
+    Other dimensions are 0. For a correlated prior the grid is in u (u2 = value) and mapped by L.
+    """
+    if model.latent_dim < 3:
+        raise VaelabError(f"cross-sections at fixed z2 need latent_dim >= 3, the model has {model.latent_dim}")
+    return _to_prior_geometry(model, _u_grid(n, span, model.latent_dim, {2: float(value)}))
+
+
+def _tick_positions(n: int, size: int, padding: int = 2) -> np.ndarray:
+    return padding + np.arange(n) * (size + padding) + size / 2 - 0.5
+
+
+def _fmt(value: float) -> str:
+    return f"{round(float(value), 1) + 0.0:.1f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _label_step(n: int, max_labels: int = 25) -> int:
+    """Label every grid value up to ``max_labels`` per axis (Keras' example labels all of them)."""
+    return max(1, math.ceil(n / max_labels))
+
+
+def _show_latent_grid(ax, images: torch.Tensor, n: int, span: float, names: tuple[str, str]) -> None:
+    """A decoded n x n grid on ``ax`` with the grid values as tick labels (Keras' example)."""
+    _, _, height, width = images.shape
+    grid = image_grid(images, nrow=n, padding=2, pad_value=0.0)
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    values = _grid_values(n, span).numpy()
+    step = _label_step(n)
+    keep = np.arange(0, n, step)
+    ax.set_xticks(_tick_positions(n, width)[keep])
+    ax.set_xticklabels([_fmt(v) for v in values[keep]])
+    ax.set_yticks(_tick_positions(n, height)[keep])
+    ax.set_yticklabels([_fmt(v) for v in values[::-1][keep]])
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.tick_params(labelsize=7 if len(keep) > 12 else 8)
+    if len(keep) > 16:
+        ax.tick_params(axis="x", labelrotation=90)
+
+
+def _prior_ellipses(ax, cov2: np.ndarray, light: bool = False, label: bool = True) -> None:
+    """Draw the 1σ and 2σ contours of N(0, cov2) (2 x 2) on ``ax``."""
+    eigenvalues, eigenvectors = np.linalg.eigh(cov2)
+    major = eigenvectors[:, 1]
+    angle = math.degrees(math.atan2(major[1], major[0]))
+    for k, style in ((1, "-"), (2, "--")):
+        ax.add_patch(
+            Ellipse(
+                (0.0, 0.0),
+                width=2 * k * math.sqrt(max(eigenvalues[1], 0.0)),
+                height=2 * k * math.sqrt(max(eigenvalues[0], 0.0)),
+                angle=angle,
+                fill=False,
+                edgecolor="0.55" if light else "black",
+                linestyle=style,
+                linewidth=0.8 if light else 1.2,
+                alpha=0.7 if light else 0.9,
+                label=f"prior {k}σ" if label else None,
+                zorder=3,
+            )
+        )
+
+
+def _class_names(labels: np.ndarray, class_names: Sequence[str] | None) -> dict[int, str]:
+    names = list(class_names or ())
+    return {int(c): (names[int(c)] if 0 <= int(c) < len(names) else str(int(c))) for c in np.unique(labels)}
+
+
+def _scatter_classes(ax, points: np.ndarray, labels: np.ndarray, class_names, size: float = 4.0):
+    """Scatter ``points`` (N x 2 or N x 3) coloured by class; returns (handles, names) for a legend."""
+    names = _class_names(labels, class_names)
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    handles, texts = [], []
+    for i, (cls, name) in enumerate(sorted(names.items())):
+        mask = labels == cls
+        color = cmap(i % cmap.N)
+        coords = [points[mask, j] for j in range(points.shape[1])]
+        handle = ax.scatter(*coords, s=size, color=color, alpha=0.6, linewidths=0, label=name)
+        handles.append(handle)
+        texts.append(name)
+    return handles, texts
+
+
+def _check_means_labels(means: ArrayLike, labels: ArrayLike, min_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    points = _numpy(means).astype(np.float64)
+    labels = _numpy(labels).reshape(-1)
+    if points.ndim != 2 or points.shape[1] < min_dim:
+        raise VaelabError(f"latent means must be N x d with d >= {min_dim}, got shape {points.shape}")
+    if len(points) != len(labels):
+        raise VaelabError(f"{len(points)} latent means but {len(labels)} labels; they must match")
+    return points, labels
+
+
+def _legend(fig: Figure, ax, handles, texts) -> None:
+    if not handles:
+        return
+    ax.legend(
+        handles,
+        texts,
+        title="class",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        markerscale=3,
+        fontsize=8,
+        title_fontsize=9,
+        frameon=False,
+    )
+
+
+def _other_dims_note(latent_dim: int, first_free: int, symbol: str) -> str:
+    if latent_dim <= first_free:
+        return ""
+    if latent_dim == first_free + 1:
+        return f"{symbol}{first_free} = 0"
+    return f"{symbol}{first_free}..{symbol}{latent_dim - 1} = 0"
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def latent_manifold(model: VAE, n: int = 20, span: float = 3.0) -> Figure:
+    """The study's n x n grid of decoded digits over [-span, span]² (the prior's geometry if correlated)."""
+    z = manifold_latents(model, n, span)
+    images = decode_latents(model, z)
+    d = model.latent_dim
+    if not _is_correlated(model):
+        fig, ax = _subplots(figsize=(8, 8.4))
+        _show_latent_grid(ax, images, n, span, ("z[0]", "z[1]"))
+        note = _other_dims_note(d, 2, "z")
+        title = f"Decoded latent manifold, z ∈ [{-span:g}, {span:g}]²"
+        ax.set_title(title + (f"\n(other dimensions fixed: {note})" if note else ""))
+        fig.tight_layout()
+        return fig
+
+    L = model.prior.scale_tril.detach().float().cpu().numpy()
+    fig, (ax, side) = _subplots(1, 2, figsize=(11.5, 8), gridspec_kw={"width_ratios": [3, 1.35]})
+    _show_latent_grid(ax, images, n, span, ("u[0]", "u[1]"))
+    note = _other_dims_note(d, 2, "u")
+    ax.set_title(
+        f"Decoded manifold in the prior's geometry: z = L u, u ∈ [{-span:g}, {span:g}]²"
+        + (f"\n(other dimensions fixed: {note})" if note else "")
+    )
+    # the decoded z points: a tilted lattice in z space
+    zn = z[:, :2].numpy()
+    side.scatter(zn[:, 0], zn[:, 1], s=3, color="C0", alpha=0.6, label="decoded z")
+    corners = {"top-left": 0, "top-right": n - 1, "bottom-left": n * (n - 1), "bottom-right": n * n - 1}
+    for name, idx in corners.items():
+        side.scatter(zn[idx, 0], zn[idx, 1], s=25, color="C3", zorder=4)
+        side.annotate(
+            f"{name}\n({zn[idx, 0]:.1f}, {zn[idx, 1]:.1f})",
+            (zn[idx, 0], zn[idx, 1]),
+            fontsize=7,
+            ha="center",
+            va="bottom" if zn[idx, 1] >= 0 else "top",
+            xytext=(0, 4 if zn[idx, 1] >= 0 else -4),
+            textcoords="offset points",
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        )
+    cov = (L @ L.T)[:2, :2]
+    _prior_ellipses(side, cov, light=False)
+    side.set_aspect("equal", adjustable="datalim")
+    side.set_xlabel("z[0]")
+    side.set_ylabel("z[1]")
+    side.set_title("grid points in z space", fontsize=10)
+    side.legend(fontsize=7, loc="lower right")
+    side.grid(alpha=0.3)
+    l2 = np.array2string(L[:2, :2], precision=2, suppress_small=True).replace("\n", "")
+    fig.text(
+        0.5,
+        0.01,
+        f"Tiles are laid out on a square grid in u and decoded at z = L u with L = chol(Σ)[:2,:2] = {l2}; "
+        f"corner z values are marked on the right.",
+        ha="center",
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def latent_scatter(
+    means: ArrayLike,
+    labels: ArrayLike,
+    class_names: Sequence[str] | None = None,
+    prior_scale_tril: ArrayLike | None = None,
+) -> Figure:
+    """Latent means (first two dimensions) coloured by class, with the prior's 1σ/2σ contours."""
+    points, labels = _check_means_labels(means, labels, 2)
+    fig, ax = _subplots(figsize=(8, 6.8))
+    handles, texts = _scatter_classes(ax, points[:, :2], labels, class_names)
+    if prior_scale_tril is not None:
+        L = _numpy(prior_scale_tril).astype(np.float64)
+        _prior_ellipses(ax, (L @ L.T)[:2, :2], light=False)
+        title = "Latent means of the test set, with the correlated prior's 1σ / 2σ ellipses"
+    else:
+        _prior_ellipses(ax, np.eye(2), light=True)
+        title = "Latent means of the test set, with the N(0, I) prior's 1σ / 2σ circles"
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.add_artist(ax.legend(handles=list(ax.patches[:2]), loc="lower right", fontsize=8))
+    _legend(fig, ax, handles, texts)
+    fig.tight_layout()
+    return fig
+
+
+def latent_scatter_3d(means: ArrayLike, labels: ArrayLike, class_names: Sequence[str] | None = None) -> Figure:
+    """Latent means (first three dimensions) in a 3-D scatter coloured by class."""
+    points, labels = _check_means_labels(means, labels, 3)
+    fig = Figure(figsize=(8.5, 7))
+    ax = fig.add_subplot(projection="3d")
+    handles, texts = _scatter_classes(ax, points[:, :3], labels, class_names, size=6.0)
+    ax.set_xlabel("z[0]", labelpad=8)
+    ax.set_ylabel("z[1]", labelpad=8)
+    ax.set_zlabel("z[2]", labelpad=10)
+    ax.set_title("Latent means of the test set (3-D)")
+    _legend(fig, ax, handles, texts)
+    fig.tight_layout()
+    return fig
+
+
+def pairwise_projections(
+    means: ArrayLike,
+    labels: ArrayLike,
+    class_names: Sequence[str] | None = None,
+    prior_scale_tril: ArrayLike | None = None,
+) -> Figure:
+    """Three panels of the latent means: (z0, z1), (z1, z2), (z0, z2), with the prior's marginal 1σ/2σ."""
+    points, labels = _check_means_labels(means, labels, 3)
+    cov = np.eye(points.shape[1])
+    if prior_scale_tril is not None:
+        L = _numpy(prior_scale_tril).astype(np.float64)
+        cov = L @ L.T
+    fig, axes = _subplots(1, 3, figsize=(15, 5.2))
+    handles, texts = [], []
+    for ax, (i, j) in zip(axes, ((0, 1), (1, 2), (0, 2)), strict=True):
+        handles, texts = _scatter_classes(ax, points[:, [i, j]], labels, class_names, size=3.0)
+        _prior_ellipses(ax, cov[np.ix_([i, j], [i, j])], light=prior_scale_tril is None, label=False)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel(f"z[{i}]")
+        ax.set_ylabel(f"z[{j}]")
+        ax.set_title(f"(z{i}, z{j})")
+        ax.grid(alpha=0.3)
+    _legend(fig, axes[-1], handles, texts)
+    prior = "correlated prior" if prior_scale_tril is not None else "N(0, I) prior"
+    fig.suptitle(f"Pairwise projections of the latent means (test set); {prior} 1σ / 2σ contours")
+    fig.tight_layout()
+    return fig
+
+
+def manifold_cross_sections(
+    model: VAE, values: Sequence[float] = (-1.0, 0.0, 1.0), n: int = 15, span: float = 3.0
+) -> Figure:
+    """One decoded (z0, z1) grid per value of z2 (u2 for a correlated prior)."""
+    if not values:
+        raise VaelabError("manifold_cross_sections needs at least one z2 value")
+    correlated = _is_correlated(model)
+    sym = "u" if correlated else "z"
+    fig, axes = _subplots(1, len(values), figsize=(5.2 * len(values), 5.8), squeeze=False)
+    for ax, value in zip(axes[0], values, strict=True):
+        images = decode_latents(model, cross_section_latents(model, value, n, span))
+        _show_latent_grid(ax, images, n, span, (f"{sym}[0]", f"{sym}[1]"))
+        ax.set_title(f"{sym}[2] = {value:g}")
+    note = _other_dims_note(model.latent_dim, 3, sym)
+    title = f"Cross-sections of the decoded manifold at fixed {sym}[2]"
+    if correlated:
+        title += " (grid in u, decoded at z = L u)"
+    fig.suptitle(title + (f"; {note}" if note else ""))
+    fig.tight_layout()
+    return fig
+
+
+def _by_split(records: Iterable[Mapping]) -> dict[str, dict[int, Mapping]]:
+    """split -> epoch -> the last record for that (split, epoch)."""
+    out: dict[str, dict[int, Mapping]] = {}
+    for record in records:
+        split, epoch = record.get("split"), record.get("epoch")
+        if split is None or epoch is None:
+            continue
+        out.setdefault(str(split), {})[int(epoch)] = record
+    return out
+
+
+def loss_curves(records: Iterable[Mapping]) -> Figure:
+    """Total / reconstruction / KL per image (nats) against epoch: train and validation, test marker."""
+    by_split = _by_split(records)
+    if not by_split:
+        raise VaelabError("no metrics records with 'epoch' and 'split' to plot; is metrics.jsonl empty?")
+    last_epoch = max(max(epochs) for epochs in by_split.values())
+    fig, axes = _subplots(1, 3, figsize=(14, 4.2))
+    for ax, (key, name) in zip(axes, LOSS_TERMS, strict=True):
+        for split, (color, style) in SPLIT_STYLE.items():
+            points = sorted((e, r[key]) for e, r in by_split.get(split, {}).items() if r.get(key) is not None)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, color=color, linestyle=style, marker="." if len(xs) < 30 else None, label=split)
+        test = [r[key] for _, r in sorted(by_split.get("test", {}).items()) if r.get(key) is not None]
+        if test:
+            ax.plot(
+                [last_epoch],
+                [test[-1]],
+                marker="*",
+                markersize=12,
+                color="C3",
+                linestyle="none",
+                label=f"test ({test[-1]:.2f})",
+            )
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per image")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle("Loss curves (per image, nats)")
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(model: VAE, x: ArrayLike, n: int = 10) -> Figure:
+    """The first ``n`` inputs (top row) above their reconstructions (bottom row)."""
+    x = _as_float_images(x)[:n]
+    if len(x) == 0:
+        raise VaelabError("reconstructions needs at least one image")
+    recon = decode_latents(model, encode_means(model, x))
+    fig, axes = _subplots(2, 1, figsize=(max(4.0, 0.8 * len(x)), 2.4))
+    for ax, row, name in zip(axes, (x, recon), ("input", "reconstruction"), strict=True):
+        ax.imshow(image_grid(row, nrow=len(x)), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    axes[0].set_title("Reconstructions (decoded posterior means)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def prior_samples(model: VAE, n: int = 100, seed: int = 0) -> Figure:
+    """Mean images of ``n`` prior samples, drawn with a seeded generator, as a square-ish grid."""
+    if n < 1:
+        raise VaelabError(f"prior_samples needs n >= 1, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    with _inference(model):
+        images = model.sample(n, generator=generator).cpu()
+    nrow = math.ceil(math.sqrt(n))
+    fig, ax = _subplots(figsize=(7, 7 * math.ceil(n / nrow) / nrow + 0.4))
+    ax.imshow(image_grid(images, nrow=nrow), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"{n} samples from the prior (seed {seed})")
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_latents(model: VAE, x_a: ArrayLike, x_b: ArrayLike, steps: int = 10) -> torch.Tensor:
+    """``steps`` points on the straight line between the posterior means of x_a and x_b (ends included)."""
+    if steps < 2:
+        raise VaelabError(f"interpolation needs steps >= 2, got {steps}")
+    pair = torch.stack([_single_image(x_a), _single_image(x_b)])
+    z = encode_means(model, pair)
+    t = torch.linspace(0.0, 1.0, steps)[:, None]
+    return (1 - t) * z[0] + t * z[1]
+
+
+def _single_image(x: ArrayLike) -> torch.Tensor:
+    x = _as_float_images(x)
+    if x.dim() == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3:
+        raise VaelabError(f"expected one image (C x H x W), got shape {tuple(x.shape)}")
+    return x
+
+
+def interpolation(model: VAE, x_a: ArrayLike, x_b: ArrayLike, steps: int = 10) -> Figure:
+    """Decoded straight line between two posterior means, with the two inputs at both ends."""
+    a, b = _single_image(x_a), _single_image(x_b)
+    decoded = decode_latents(model, interpolation_latents(model, a, b, steps))
+    row = torch.cat([a[None], decoded, b[None]])
+    _, _, height, width = row.shape
+    fig, ax = _subplots(figsize=(max(6.0, 0.75 * len(row)), 1.9))
+    ax.imshow(image_grid(row, nrow=len(row)), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ticks = _tick_positions(len(row), width)
+    ts = torch.linspace(0.0, 1.0, steps).tolist()
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["input A"] + [f"t={t:.2f}" for t in ts] + ["input B"], fontsize=7, rotation=45)
+    ax.set_yticks([])
+    ax.set_title("Interpolation between two posterior means: z = (1-t) z_A + t z_B", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def save_figure(fig: Figure, path: Path | str, dpi: int = DPI) -> Path:
+    """Write ``fig`` as PNG atomically and close it; returns the path."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    return path
+
+
+def _two_of_different_classes(labels: np.ndarray | None, count: int) -> tuple[int, int]:
+    if labels is not None and len(labels) == count:
+        differing = np.flatnonzero(labels != labels[0])
+        if len(differing):
+            return 0, int(differing[0])
+    return 0, min(1, count - 1)
+
+
+def write_run_figures(
+    model: VAE,
+    figures_dir: Path | str,
+    records: Iterable[Mapping] | None,
+    x_test_float: ArrayLike,
+    y_test: ArrayLike | None,
+    class_names: Sequence[str] = (),
+    seed: int = 0,
+) -> list[Path]:
+    """Write every figure that applies to this model into ``figures_dir``; returns the paths written.
+
+    Always: reconstructions.png, samples.png, interpolation.png (two test images of different
+    classes), and loss_curves.png when there are records. For latent_dim 2: latent_manifold.png and
+    latent_scatter.png; for 3: latent_scatter_3d.png, latent_projections.png and
+    manifold_cross_sections.png; above 3: latent_manifold.png (remaining dimensions at 0).
+    """
+    figures_dir = Path(figures_dir)
+    x = _as_float_images(x_test_float)
+    if len(x) == 0:
+        raise VaelabError("write_run_figures needs at least one test image")
+    labels = None if y_test is None else _numpy(y_test).reshape(-1)
+    names = list(class_names) or None
+    written: list[Path] = []
+
+    def put(name: str, fig: Figure) -> None:
+        written.append(save_figure(fig, figures_dir / name))
+
+    records = list(records or [])
+    if _by_split(records):
+        put("loss_curves.png", loss_curves(records))
+    put("reconstructions.png", reconstructions(model, x, n=10))
+    put("samples.png", prior_samples(model, n=100, seed=seed))
+    i, j = _two_of_different_classes(labels, len(x))
+    put("interpolation.png", interpolation(model, x[i], x[j], steps=10))
+
+    d = model.latent_dim
+    if d == 2 or d > 3:
+        put("latent_manifold.png", latent_manifold(model))
+    if d in (2, 3) and labels is not None:
+        means = encode_means(model, x)
+        if d == 2:
+            tril = model.prior.scale_tril if _is_correlated(model) else None
+            put("latent_scatter.png", latent_scatter(means, labels, names, tril))
+        else:
+            put("latent_scatter_3d.png", latent_scatter_3d(means, labels, names))
+            tril = model.prior.scale_tril if _is_correlated(model) else None
+            put("latent_projections.png", pairwise_projections(means, labels, names, tril))
+    if d == 3:
+        put("manifold_cross_sections.png", manifold_cross_sections(model))
+    return written

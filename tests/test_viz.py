@@ -1,0 +1,294 @@
+"""The figures layer: grid tiling, the latents each figure decodes, and the PNG files written."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.patches import Ellipse
+
+from vaelab.config import ModelConfig
+from vaelab.errors import VaelabError
+from vaelab.model import build_vae
+from vaelab.viz import (
+    cross_section_latents,
+    decode_latents,
+    encode_means,
+    image_grid,
+    interpolation,
+    interpolation_latents,
+    latent_manifold,
+    latent_scatter,
+    loss_curves,
+    manifold_cross_sections,
+    manifold_latents,
+    pairwise_projections,
+    prior_samples,
+    reconstructions,
+    save_figure,
+    tile_origin,
+    write_run_figures,
+)
+
+SHAPE = (1, 28, 28)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def small_vae(latent_dim: int, prior: str = "standard", arch: str = "mlp"):
+    torch.manual_seed(0)
+    return build_vae(ModelConfig(arch=arch, latent_dim=latent_dim, hidden=[32], prior=prior), SHAPE)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, *SHAPE), dtype=torch.uint8, generator=g)
+    y = torch.arange(64) % 10
+    return x.float() / 255, y
+
+
+def expected_u_grid(n: int, span: float) -> torch.Tensor:
+    """Row r (top to bottom) has u1 decreasing, column c has u0 increasing."""
+    values = torch.linspace(-span, span, n)
+    return torch.tensor([[values[c].item(), values[n - 1 - r].item()] for r in range(n) for c in range(n)])
+
+
+def assert_png(path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+# ------------------------------------------------------------------------------------ image_grid
+
+
+def test_image_grid_shape_and_tile_positions():
+    n, h, w, nrow = 5, 4, 6, 3
+    images = torch.stack([torch.full((1, h, w), (i + 1) / 10) for i in range(n)])
+    grid = image_grid(images, nrow=nrow)
+    assert grid.shape == (2 * (h + 2) + 2, 3 * (w + 2) + 2)
+    for i in range(n):
+        top, left = tile_origin(i, nrow, h, w)
+        assert (top, left) == (2 + (i // nrow) * (h + 2), 2 + (i % nrow) * (w + 2))
+        np.testing.assert_allclose(grid[top : top + h, left : left + w], (i + 1) / 10)
+    # padding and the unused sixth cell keep the pad value
+    mask = np.ones_like(grid, dtype=bool)
+    for i in range(n):
+        top, left = tile_origin(i, nrow, h, w)
+        mask[top : top + h, left : left + w] = False
+    assert np.all(grid[mask] == 0.0)
+
+
+def test_image_grid_rgb_uint8_and_short_row():
+    images = np.zeros((2, 3, 5, 5), dtype=np.uint8)
+    images[1, 0] = 255  # second image pure red
+    grid = image_grid(images, nrow=8, padding=1, pad_value=0.5)
+    assert grid.shape == (5 + 2, 2 * (5 + 1) + 1, 3)  # only as many columns as images
+    np.testing.assert_allclose(grid[1:6, 7:12, 0], 1.0)
+    np.testing.assert_allclose(grid[1:6, 7:12, 1:], 0.0)
+    assert grid[0, 0, 0] == 0.5
+    # N x H x W is accepted as one channel
+    assert image_grid(np.ones((3, 4, 4)), nrow=3).shape == (8, 20)
+    with pytest.raises(VaelabError):
+        image_grid(np.ones((2, 2, 4, 4)), nrow=2)
+
+
+# ------------------------------------------------------------------------------- grid latents
+
+
+def test_standard_manifold_latents_are_the_grid_in_display_order():
+    model = small_vae(2)
+    z = manifold_latents(model, n=5, span=2.0)
+    torch.testing.assert_close(z, expected_u_grid(5, 2.0))
+    assert z[0].tolist() == [-2.0, 2.0]  # top-left: z0 smallest, z1 largest
+    assert z[-1].tolist() == [2.0, -2.0]
+
+
+def test_correlated_manifold_latents_are_L_times_the_grid():
+    model = small_vae(2, prior="correlated")
+    L = model.prior.scale_tril
+    assert not torch.allclose(L, torch.eye(2))
+    u = expected_u_grid(6, 3.0)
+    z = manifold_latents(model, n=6, span=3.0)
+    torch.testing.assert_close(z, (L @ u.T).T)
+    assert not torch.allclose(z, u)
+    torch.testing.assert_close(z[:, 0], u[:, 0])  # lower triangular with L00 = 1: z0 = u0 ...
+    assert not torch.allclose(z[:, 1], u[:, 1])  # ... but z1 is tilted by the correlation
+
+
+def test_manifold_latents_fix_extra_dimensions_at_zero():
+    z = manifold_latents(small_vae(4), n=3, span=1.0)
+    assert z.shape == (9, 4)
+    assert torch.all(z[:, 2:] == 0)
+    with pytest.raises(VaelabError):
+        manifold_latents(small_vae(1), n=3)
+
+
+def test_latent_manifold_decodes_the_mapped_points():
+    model = small_vae(2, prior="correlated")
+    fig = latent_manifold(model, n=4, span=3.0)
+    shown = fig.axes[0].images[0].get_array()
+    expected = image_grid(decode_latents(model, manifold_latents(model, 4, 3.0)), nrow=4)
+    np.testing.assert_allclose(np.asarray(shown), expected, atol=1e-6)
+    standard_grid = image_grid(decode_latents(model, expected_u_grid(4, 3.0)), nrow=4)
+    assert not np.allclose(np.asarray(shown), standard_grid)
+    assert "L u" in fig.axes[0].get_title()
+    plt.close(fig)
+
+
+def test_cross_section_latents_vary_z2_per_panel():
+    model = small_vae(3)
+    panels = [cross_section_latents(model, v, n=4, span=2.0) for v in (-1.0, 0.0, 1.0)]
+    for value, z in zip((-1.0, 0.0, 1.0), panels, strict=True):
+        assert torch.all(z[:, 2] == value)
+        torch.testing.assert_close(z[:, :2], expected_u_grid(4, 2.0))
+    fig = manifold_cross_sections(model, values=(-1.0, 0.0, 1.0), n=4, span=2.0)
+    shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
+    assert len(shown) == 3 and not np.allclose(shown[0], shown[2])
+    np.testing.assert_allclose(shown[2], image_grid(decode_latents(model, panels[2]), nrow=4), atol=1e-6)
+    plt.close(fig)
+    with pytest.raises(VaelabError):
+        cross_section_latents(small_vae(2), 0.0)
+
+
+def test_interpolation_runs_between_the_two_posterior_means(data):
+    x, _ = data
+    model = small_vae(2)
+    z = interpolation_latents(model, x[0], x[1], steps=5)
+    ends = encode_means(model, x[:2])
+    torch.testing.assert_close(z[0], ends[0])
+    torch.testing.assert_close(z[-1], ends[1])
+    torch.testing.assert_close(z[2], ends.mean(0))
+    fig = interpolation(model, x[0], x[1], steps=5)
+    grid = np.asarray(fig.axes[0].images[0].get_array())
+    assert grid.shape == (28 + 4, 7 * 30 + 2)  # input, 5 steps, input
+    np.testing.assert_allclose(grid[2:30, 2:30], x[0, 0].numpy())
+    np.testing.assert_allclose(grid[2:30, -30:-2], x[1, 0].numpy())
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- other figures
+
+
+def test_reconstructions_show_inputs_above_reconstructions(data):
+    x, _ = data
+    model = small_vae(2)
+    model.train()
+    fig = reconstructions(model, x, n=4)
+    assert model.training  # the model's mode is restored
+    top, bottom = (np.asarray(ax.images[0].get_array()) for ax in fig.axes)
+    np.testing.assert_allclose(top, image_grid(x[:4], nrow=4))
+    np.testing.assert_allclose(bottom, image_grid(model.reconstruct(x[:4]), nrow=4), atol=1e-6)
+    plt.close(fig)
+
+
+def test_prior_samples_are_seeded():
+    model = small_vae(2, prior="correlated")
+
+    def shown(seed):
+        fig = prior_samples(model, n=9, seed=seed)
+        array = np.asarray(fig.axes[0].images[0].get_array())
+        plt.close(fig)
+        return array
+
+    assert shown(0).shape == (3 * 30 + 2, 3 * 30 + 2)
+    np.testing.assert_array_equal(shown(0), shown(0))
+    assert not np.array_equal(shown(0), shown(1))
+
+
+def test_latent_scatter_draws_the_prior_covariance_ellipses():
+    means = torch.randn(50, 2)
+    labels = torch.arange(50) % 3
+    L = torch.linalg.cholesky(torch.tensor([[1.0, 0.8], [0.8, 1.0]]))
+    fig = latent_scatter(means, labels, class_names=["a", "b", "c"], prior_scale_tril=L)
+    ax = fig.axes[0]
+    ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
+    assert len(ellipses) == 2
+    for k, e in zip((1, 2), ellipses, strict=True):  # eigenvalues 1.8 and 0.2, major axis at 45°
+        assert e.width == pytest.approx(2 * k * math.sqrt(1.8), rel=1e-5)
+        assert e.height == pytest.approx(2 * k * math.sqrt(0.2), rel=1e-5)
+        assert e.angle % 180 == pytest.approx(45.0, abs=1e-4)
+    legend_texts = {t.get_text() for legend in ax.findobj(plt.matplotlib.legend.Legend) for t in legend.texts}
+    assert {"a", "b", "c"} <= legend_texts
+    plt.close(fig)
+    fig = latent_scatter(means, labels)  # standard prior: unit circles
+    circles = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
+    assert [(c.width, c.height) for c in circles] == [(2.0, 2.0), (4.0, 4.0)]
+    plt.close(fig)
+    with pytest.raises(VaelabError):
+        latent_scatter(means, labels[:10])
+
+
+def test_pairwise_projections_has_three_panels():
+    fig = pairwise_projections(torch.randn(30, 3), torch.arange(30) % 4)
+    labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+    assert labels == [("z[0]", "z[1]"), ("z[1]", "z[2]"), ("z[0]", "z[2]")]
+    plt.close(fig)
+
+
+def test_loss_curves_plot_train_validation_and_test_marker():
+    records = [
+        {"epoch": e, "split": s, "total": 100.0 - e, "reconstruction": 90.0 - e, "kl": 10.0}
+        for e in (1, 2, 3)
+        for s in ("train", "validation")
+    ] + [{"epoch": 3, "split": "test", "total": 96.5, "reconstruction": 86.0, "kl": 10.5}]
+    fig = loss_curves(records)
+    assert [ax.get_title() for ax in fig.axes] == ["total (negative ELBO)", "reconstruction", "KL"]
+    train, validation, test = fig.axes[0].lines
+    assert list(train.get_xdata()) == [1, 2, 3] and list(train.get_ydata()) == [99.0, 98.0, 97.0]
+    assert list(test.get_xdata()) == [3] and list(test.get_ydata()) == [96.5]
+    assert list(fig.axes[2].lines[2].get_ydata()) == [10.5]
+    plt.close(fig)
+    with pytest.raises(VaelabError):
+        loss_curves([])
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def test_save_figure_writes_png_without_pyplot(tmp_path):
+    fig = latent_scatter(np.zeros((4, 2)), np.arange(4))
+    path = save_figure(fig, tmp_path / "sub" / "f.png")
+    assert_png(path)
+    assert plt.get_fignums() == []  # figures are built without pyplot's global registry
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("latent_dim", "prior", "arch", "expected"),
+    [
+        (2, "standard", "conv", {"latent_manifold.png", "latent_scatter.png"}),
+        (2, "correlated", "mlp", {"latent_manifold.png", "latent_scatter.png"}),
+        (3, "standard", "mlp", {"latent_scatter_3d.png", "latent_projections.png", "manifold_cross_sections.png"}),
+    ],
+)
+def test_write_run_figures(tmp_path, data, latent_dim, prior, arch, expected):
+    x, y = data
+    records = [{"epoch": 1, "split": "train", "total": 1.0, "reconstruction": 0.5, "kl": 0.5}]
+    model = small_vae(latent_dim, prior=prior, arch=arch)
+    paths = write_run_figures(model, tmp_path / "figures", records, x, y, class_names=[str(i) for i in range(10)])
+    common = {"loss_curves.png", "reconstructions.png", "samples.png", "interpolation.png"}
+    assert {p.name for p in paths} == common | expected
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(p.name for p in paths)
+    for path in paths:
+        assert_png(path)
+    assert plt.get_fignums() == []
+
+
+def test_write_run_figures_without_records_or_labels(tmp_path, data):
+    x, _ = data
+    paths = write_run_figures(small_vae(2), tmp_path, [], x, None)
+    assert {p.name for p in paths} == {"reconstructions.png", "samples.png", "interpolation.png", "latent_manifold.png"}
+
+
+def test_interpolation_pair_has_different_classes():
+    from vaelab.viz.figures import _two_of_different_classes
+
+    assert _two_of_different_classes(np.array([3, 3, 3, 7, 1]), 5) == (0, 3)
+    assert _two_of_different_classes(np.array([2, 2]), 2) == (0, 1)  # no other class: any two
+    assert _two_of_different_classes(None, 1) == (0, 0)
