@@ -142,29 +142,48 @@ def train(
     )
 
 
-def _load_run(run_dir: Path):
-    from vaelab.model import load_model
+def _model_dir(run_dir: Path | None, pretrained: str | None) -> Path:
+    """A run directory given by path, or a pretrained model's folder given by name (exactly one)."""
+    if (run_dir is None) == (pretrained is None):
+        raise VaelabError("give either a RUN_DIR or --pretrained NAME (one of them)")
+    if pretrained is not None:
+        from vaelab import pretrained as shipped
 
-    return load_model(run_dir)
+        return shipped.path(pretrained)
+    return run_dir
+
+
+RunDirArg = Annotated[Path | None, typer.Argument(help="A run directory (or use --pretrained).")]
+PretrainedOpt = Annotated[
+    str | None, typer.Option("--pretrained", help="A model shipped with vaelab: seed-2d, seed-3d, seed-correlated.")
+]
 
 
 @app.command()
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: RunDirArg = None,
+    pretrained: PretrainedOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Figures folder [default: RUN_DIR/figures, or figures/NAME].")
+    ] = None,
 ) -> None:
-    """(Re)draw a run's figures into RUN_DIR/figures."""
-    from vaelab.data import load_dataset, to_unit_float
+    """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples..."""
+    from vaelab.data import to_unit_float
+    from vaelab.model import load_model
+    from vaelab.train import make_batches, read_records
     from vaelab.viz import write_run_figures
 
-    model, config, meta = _load_run(run_dir)
-    dataset = load_dataset(config.data.name, config.data.data_dir or None)
-    records = _read_records(run_dir)
+    folder = _model_dir(run_dir, pretrained)
+    model, config, meta = load_model(folder)
+    dataset, batches = make_batches(config)
+    test = batches["test"]
+    out = out or (Path("figures") / pretrained if pretrained else folder / "figures")
     paths = write_run_figures(
         model,
-        run_dir / "figures",
-        records,
-        to_unit_float(dataset.x_test),
-        dataset.y_test,
+        out,
+        read_records(folder),
+        to_unit_float(test.images),
+        test.labels,
         class_names=dataset.class_names,
         seed=config.train.seed,
     )
@@ -172,69 +191,103 @@ def plot(
         console.print(str(path))
 
 
-def _read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as err:
-        raise VaelabError(f"{path} is not valid JSON lines ({err})") from None
-
-
 @app.command()
 def sample(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: RunDirArg = None,
+    pretrained: PretrainedOpt = None,
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many images.")] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="PNG path (default RUN_DIR/figures/samples-N-seedS.png).")
+        Path | None, typer.Option("--out", "-o", help="PNG path [default: RUN_DIR/figures/samples-N-seedS.png].")
     ] = None,
 ) -> None:
     """Decode N draws from the prior into a PNG grid."""
     import torch
 
+    from vaelab.model import load_model
     from vaelab.viz import save_image_grid
 
-    model, _, _ = _load_run(run_dir)
+    folder = _model_dir(run_dir, pretrained)
+    model, _, _ = load_model(folder)
     images = model.sample(n, generator=torch.Generator().manual_seed(seed))
-    out = out or run_dir / "figures" / f"samples-{n}-seed{seed}.png"
+    default_dir = Path("figures") / pretrained if pretrained else folder / "figures"
+    out = out or default_dir / f"samples-{n}-seed{seed}.png"
     save_image_grid(images, out)
     console.print(str(out))
 
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: RunDirArg = None,
+    pretrained: PretrainedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    seed: Annotated[int, typer.Option(help="Noise seed of the evaluation.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="Noise seed [default: the one training used for its test numbers].")
+    ] = None,
 ) -> None:
-    """Test-set bound per image in nats: total (-ELBO), reconstruction, KL."""
-    from vaelab.data import Batches, load_dataset
-    from vaelab.eval import evaluate_elbo
+    """Test-set bound per image in nats: total (-ELBO), reconstruction, KL (and KL per dimension)."""
+    from vaelab.eval import evaluate_elbo, evaluation_seed
+    from vaelab.model import load_model
+    from vaelab.train import make_batches
 
-    model, config, meta = _load_run(run_dir)
-    dataset = load_dataset(config.data.name, config.data.data_dir or None)
-    batches = Batches(
-        dataset.x_test, dataset.y_test, config.train.eval_batch_size, config.data.binarize, training=False
-    )
+    folder = _model_dir(run_dir, pretrained)
+    model, config, meta = load_model(folder)
+    dataset, batches = make_batches(config)
+    test = batches["test"]
+    seed = evaluation_seed(config.train.seed) if seed is None else seed
+    name = pretrained or str(folder)
     result = {
-        "run": str(run_dir),
+        "model": name,
         "dataset": dataset.name,
         "split": "test",
-        "images": len(dataset.x_test),
-        **evaluate_elbo(model, batches, seed=seed),
+        "images": len(test.images),
+        "seed": seed,
+        **evaluate_elbo(model, test, seed=seed),
     }
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"{run_dir} on the {dataset.name} test set (per image, nats)")
+    table = Table(title=f"{name} on the {dataset.name} test set (per image, nats)")
     for column in ("total (-ELBO)", "reconstruction", "KL"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['total']:.2f}", f"{result['reconstruction']:.2f}", f"{result['kl']:.2f}")
     console.print(table)
     if "kl_per_dim" in result:
         console.print("KL per latent dimension: " + ", ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+
+
+@app.command()
+def reproduce(
+    name: Annotated[
+        str, typer.Argument(help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run directories.")] = Path("runs"),
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Override the epochs (quick trials; not the study's setting).")
+    ] = None,
+) -> None:
+    """Train a published experiment (or reuse/resume its run), draw its figures, report against the paper."""
+    from vaelab.experiments import GROUPS
+    from vaelab.experiments.reproduce import reproduce as run
+
+    results = run(name, out, epochs, console=err_console)
+    table = Table(title=f"vaelab reproduce {name}: test set, nats per image")
+    for column in ("experiment", "study total", "our total", "recon", "KL", "kNN-5", "silhouette", "active"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r["experiment"],
+            f"~{r['published'].get('total', float('nan')):.0f}",
+            f"{r['test']['total']:.2f}",
+            f"{r['test']['reconstruction']:.2f}",
+            f"{r['test']['kl']:.2f}",
+            f"{100 * r['analysis']['knn5_accuracy']:.1f}%",
+            f"{r['analysis']['silhouette']:.3f}",
+            str(r["analysis"]["active_units"]),
+        )
+    console.print(table)
+    if name in GROUPS:
+        console.print(f"report: {out / 'report.md'}")
 
 
 @app.command()

@@ -12,6 +12,13 @@ from vaelab.data.batches import Batches
 from vaelab.model.objectives import ELBO
 from vaelab.model.vae import VAE
 
+EVAL_SEED_OFFSET = 10_000  # evaluation noise is seeded apart from the training stream
+
+
+def evaluation_seed(train_seed: int) -> int:
+    """The noise seed used for a run's validation and test numbers (so `vaelab eval` matches them)."""
+    return train_seed + EVAL_SEED_OFFSET
+
 
 @torch.no_grad()
 def evaluate_elbo(model: VAE, batches: Batches, seed: int = 0) -> dict[str, float | list[float]]:

@@ -44,22 +44,36 @@ EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
         Experiment(
-            "seed-2d", 1, "2-D latent, standard normal prior", _seed(2),
-            {"total": 165.0, "kl": 3.9, "reconstruction": 161.0}, STUDY,
+            "seed-2d",
+            1,
+            "2-D latent, standard normal prior",
+            _seed(2),
+            {"total": 165.0, "kl": 3.9, "reconstruction": 161.0},
+            STUDY,
         ),
         Experiment(
-            "seed-3d", 1, "3-D latent, standard normal prior", _seed(3),
-            {"total": 164.0, "kl": 4.2, "reconstruction": 160.0}, STUDY,
+            "seed-3d",
+            1,
+            "3-D latent, standard normal prior",
+            _seed(3),
+            {"total": 164.0, "kl": 4.2, "reconstruction": 160.0},
+            STUDY,
         ),
         Experiment(
-            "seed-correlated", 1, "2-D latent, correlated prior N(0, [[1, 0.8], [0.8, 1]])", _seed(2, "correlated"),
-            {"total": 166.0, "kl": 4.1, "reconstruction": 162.0}, STUDY,
+            "seed-correlated",
+            1,
+            "2-D latent, correlated prior N(0, [[1, 0.8], [0.8, 1]])",
+            _seed(2, "correlated"),
+            {"total": 166.0, "kl": 4.1, "reconstruction": 162.0},
+            STUDY,
         ),
         Experiment(
-            "seed-correlated-study-sampling", 1,
+            "seed-correlated-study-sampling",
+            1,
             "2-D latent, correlated prior, the study's z = mu + L eps sampler (for comparison only)",
             _seed(2, "correlated", "study"),
-            {"total": 166.0, "kl": 4.1, "reconstruction": 162.0}, STUDY,
+            {"total": 166.0, "kl": 4.1, "reconstruction": 162.0},
+            STUDY,
         ),
     )
 }

@@ -36,13 +36,12 @@ import vaelab
 from vaelab.config import RunConfig
 from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
-from vaelab.eval.bound import evaluate_elbo
+from vaelab.eval.bound import evaluate_elbo, evaluation_seed
 from vaelab.io import atomic_write_text
 from vaelab.model import build_vae, make_objective, save_model
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = Path("checkpoint") / "last.safetensors"
-EVAL_SEED_OFFSET = 10_000  # evaluation noise is seeded apart from the training stream
 
 
 def environment() -> dict[str, str]:
@@ -53,6 +52,34 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "threads": str(torch.get_num_threads()),
     }
+
+
+def make_batches(config: RunConfig) -> tuple[ImageDataset, dict[str, Batches | None]]:
+    """The data set and its train / validation / test batches, exactly as a run of ``config`` uses them."""
+    dataset = load_dataset(config.data.name, config.data.data_dir or None)
+    splits = dataset.splits(config.data.validation_size, config.data.train_limit, config.data.test_limit)
+    binarize, train = config.data.binarize, config.train
+    batches: dict[str, Batches | None] = {
+        "train": Batches(*splits["train"], train.batch_size, binarize, training=True),
+        "validation": (
+            Batches(*splits["validation"], train.eval_batch_size, binarize, training=False)
+            if config.data.validation_size
+            else None
+        ),
+        "test": Batches(*splits["test"], train.eval_batch_size, binarize, training=False),
+    }
+    return dataset, batches
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (empty if it has none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as err:
+        raise VaelabError(f"{path} is not valid JSON lines ({err})") from None
 
 
 class Trainer:
@@ -69,17 +96,10 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.data_generator = torch.Generator().manual_seed(train.seed)
 
-        self.dataset: ImageDataset = load_dataset(config.data.name, config.data.data_dir or None)
-        splits = self.dataset.splits(config.data.validation_size, config.data.train_limit, config.data.test_limit)
-        binarize = config.data.binarize
-        self.train_batches = Batches(*splits["train"], train.batch_size, binarize, training=True)
-        self.validation_batches = (
-            Batches(*splits["validation"], train.eval_batch_size, binarize, training=False)
-            if config.data.validation_size
-            else None
+        self.dataset, batches = make_batches(config)
+        self.train_batches, self.validation_batches, self.test_batches = (
+            batches["train"], batches["validation"], batches["test"]
         )
-        self.test_batches = Batches(*splits["test"], train.eval_batch_size, binarize, training=False)
-
         self.device = torch.device(train.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise VaelabError("train.device is cuda but this torch build sees no CUDA device; use train.device=cpu")
@@ -123,10 +143,7 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_records(self.run_dir)
 
     # --- training --------------------------------------------------------------------------------
 
@@ -177,7 +194,7 @@ class Trainer:
         }
 
     def evaluate(self, batches: Batches) -> dict[str, Any]:
-        return evaluate_elbo(self.model, batches, seed=self.config.train.seed + EVAL_SEED_OFFSET)
+        return evaluate_elbo(self.model, batches, seed=evaluation_seed(self.config.train.seed))
 
     def fit(self, progress: bool = True) -> dict[str, Any]:
         """Train the remaining epochs, then write the model, test metrics, figures and report."""

@@ -1,0 +1,37 @@
+"""Pretrained models shipped inside the package: ``vaelab.pretrained.load("seed-2d")``.
+
+Each is a run directory's model files (``model.safetensors``, ``model.json``) plus its
+``metrics.jsonl`` (for loss curves), copied from ``vaelab reproduce seed``; the README says how
+each was trained. Loading reads safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from vaelab.errors import VaelabError
+from vaelab.model import VAE, load_model
+
+
+def directory() -> Path:
+    return Path(str(resources.files("vaelab") / "pretrained"))
+
+
+def available() -> list[str]:
+    return sorted(p.name for p in directory().iterdir() if (p / "model.safetensors").is_file())
+
+
+def path(name: str) -> Path:
+    """The folder holding a pretrained model's files."""
+    folder = directory() / name
+    if not (folder / "model.safetensors").is_file():
+        names = ", ".join(available()) or "none are installed"
+        raise VaelabError(f"no pretrained model named {name!r}; available: {names}")
+    return folder
+
+
+def load(name: str) -> VAE:
+    """The pretrained model, in eval mode on the CPU."""
+    model, _, _ = load_model(path(name))
+    return model
