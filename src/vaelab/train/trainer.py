@@ -16,7 +16,6 @@ import json
 import math
 import platform
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from vaelab.eval.bound import evaluate_elbo, evaluation_seed
 from vaelab.io import atomic_write_text
 from vaelab.model import build_vae, make_objective, save_model
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
+from vaelab.train.step import TrainStep
 
 CHECKPOINT = Path("checkpoint") / "last.safetensors"
 
@@ -98,7 +98,9 @@ class Trainer:
 
         self.dataset, batches = make_batches(config)
         self.train_batches, self.validation_batches, self.test_batches = (
-            batches["train"], batches["validation"], batches["test"]
+            batches["train"],
+            batches["validation"],
+            batches["test"],
         )
         self.device = torch.device(train.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -108,6 +110,7 @@ class Trainer:
             config.objective.name, config.objective.beta, config.objective.k, config.objective.free_bits
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        self.step = TrainStep(self.model, self.objective, self.optimizer, train.precision, self.device.type)
         self.epoch = 0  # epochs completed
 
     # --- run directory ---------------------------------------------------------------------------
@@ -147,11 +150,6 @@ class Trainer:
 
     # --- training --------------------------------------------------------------------------------
 
-    def _autocast(self):
-        if self.config.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def _kl_weight(self, epoch_fraction: float) -> float:
         warmup = self.config.objective.kl_warmup_epochs
         return 1.0 if warmup == 0 else min(1.0, epoch_fraction / warmup)
@@ -164,11 +162,7 @@ class Trainer:
         start = time.perf_counter()
         for step, x in enumerate(self.train_batches.epoch(self.data_generator)):
             x = x.to(self.device, non_blocking=True)
-            with self._autocast():
-                terms = self.objective(self.model, x, kl_weight=self._kl_weight(self.epoch + step / steps))
-            self.optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            self.optimizer.step()
+            terms = self.step(x, kl_weight=self._kl_weight(self.epoch + step / steps))
             # summing detached tensors keeps the loop free of a host sync per step
             sums += torch.stack(
                 [terms.total.detach().sum(), terms.reconstruction.detach().sum(), terms.kl.detach().sum()]

@@ -1,0 +1,101 @@
+"""The baseline the benchmark compares against: a plain, idiomatic PyTorch VAE training loop.
+
+What a tutorial or a first project writes: a per-sample ``Dataset`` + ``DataLoader`` (shuffle,
+batch 128), the networks as ``nn.Sequential``, a sigmoid on the decoder output then
+``F.binary_cross_entropy``, the KL written out, ``torch.optim.Adam``, ``loss.item()`` each step.
+No tuning. Same architectures and the same FLOPs as vaelab's models.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class MNISTDataset(Dataset):
+    def __init__(self, images_uint8: torch.Tensor):
+        self.images = images_uint8
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].float() / 255.0
+
+
+class ReferenceVAE(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x):
+        h = self.encoder(x)
+        mu, logvar = h.chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.decoder(z)), mu, logvar
+
+
+def conv_vae(d: int = 2) -> ReferenceVAE:
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 32, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(7 * 7 * 64, 16),
+        nn.ReLU(),
+        nn.Linear(16, 2 * d),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(d, 7 * 7 * 64),
+        nn.ReLU(),
+        nn.Unflatten(1, (64, 7, 7)),
+        nn.ConvTranspose2d(64, 64, 3, 2, 1, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 3, 2, 1, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 1, 3, 1, 1),
+    )
+    return ReferenceVAE(encoder, decoder)
+
+
+def mlp_vae(hidden: list[int], d: int, activation=nn.ReLU) -> ReferenceVAE:
+    def stack(widths):
+        layers = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(activation())
+        return layers
+
+    encoder = nn.Sequential(nn.Flatten(), *stack([784, *hidden, 2 * d]))
+    decoder = nn.Sequential(*stack([d, *reversed(hidden), 784]), nn.Unflatten(1, (1, 28, 28)))
+    return ReferenceVAE(encoder, decoder)
+
+
+def train_throughput(
+    model: ReferenceVAE, images_uint8: torch.Tensor, steps: int, warmup: int, batch_size: int = 128
+) -> float:
+    """Images per second over ``steps`` steps after ``warmup`` steps of the plain loop."""
+    loader = DataLoader(MNISTDataset(images_uint8), batch_size=batch_size, shuffle=True, drop_last=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    done, start = 0, None
+    while True:
+        for x in loader:
+            if done == warmup:
+                start = time.perf_counter()
+            recon, mu, logvar = model(x)
+            bce = F.binary_cross_entropy(recon, x, reduction="sum")
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = (bce + kl) / len(x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            done += 1
+            if done == warmup + steps:
+                return steps * batch_size / (time.perf_counter() - start)

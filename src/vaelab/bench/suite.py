@@ -1,0 +1,175 @@
+"""``vaelab bench``: how fast vaelab trains, samples and evaluates on this machine, in one run.
+
+Every rate is also given as a fraction of the machine's matrix-multiply peak measured in the same
+run, because ratios survive a busy or different machine far better than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from vaelab.bench import reference
+from vaelab.bench.flops import training_flops_per_image
+from vaelab.config import ModelConfig
+from vaelab.data import Batches, load_dataset
+from vaelab.model import build_vae, make_objective
+from vaelab.train.step import TrainStep
+
+MODELS: dict[str, tuple[ModelConfig, Any]] = {
+    "conv (study, d=2)": (ModelConfig(arch="conv", latent_dim=2), lambda: reference.conv_vae(2)),
+    "dense (study, d=2)": (ModelConfig(arch="dense", latent_dim=2), lambda: reference.mlp_vae([512, 256], 2)),
+    "mlp (Burda, 784-200-200-50 tanh)": (
+        ModelConfig(arch="mlp", hidden=[200, 200], activation="tanh", latent_dim=50),
+        lambda: reference.mlp_vae([200, 200], 50, torch.nn.Tanh),
+    ),
+}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of an n x n x n matrix product (median of ``repeats`` after a warm-up)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def vaelab_train_throughput(
+    model_config: ModelConfig, images: torch.Tensor, steps: int, warmup: int, precision: str = "fp32"
+) -> tuple[float, float]:
+    """(images per second in steady state, training FLOPs per image) for vaelab's own step."""
+    torch.manual_seed(0)
+    model = build_vae(model_config, (1, 28, 28))
+    step = TrainStep(model, make_objective("elbo"), torch.optim.Adam(model.parameters(), lr=1e-3), precision)
+    batches = Batches(images, batch_size=128, training=True)
+    generator = torch.Generator().manual_seed(0)
+    flops = training_flops_per_image(model, images[:2].float() / 255, lambda x: model.p_x(model.q_z(x).rsample()))
+    done, start = 0, 0.0
+    while done < warmup + steps:
+        for x in batches.epoch(generator):
+            if done == warmup:
+                start = time.perf_counter()
+            step(x)
+            done += 1
+            if done == warmup + steps:
+                break
+    return steps * 128 / (time.perf_counter() - start), flops
+
+
+def sampling_throughput(model_config: ModelConfig, n: int = 10_000) -> float:
+    model = build_vae(model_config, (1, 28, 28)).eval()
+    model.sample(256)
+    start = time.perf_counter()
+    model.sample(n, generator=torch.Generator().manual_seed(0))
+    return n / (time.perf_counter() - start)
+
+
+def nll_throughput(model_config: ModelConfig, images: torch.Tensor, k: int = 5000) -> float | None:
+    """Images per second of the k-sample importance-weighted NLL estimate, if that estimator is installed."""
+    try:
+        from vaelab.eval.nll import estimate_log_likelihood
+    except ImportError:
+        return None
+    model = build_vae(model_config, (1, 28, 28)).eval()
+    batches = Batches(images, batch_size=len(images), training=False)
+    start = time.perf_counter()
+    estimate_log_likelihood(model, batches, k=k)
+    return len(images) / (time.perf_counter() - start)
+
+
+def training_peak_memory_mb() -> float:
+    """Peak resident memory of a real `vaelab train` process (1 epoch on 10,000 images), in MB."""
+    with tempfile.TemporaryDirectory() as out:
+        code = (
+            "import resource, sys, runpy; sys.argv = ['vaelab', 'train', '--epochs', '1', '--no-figures', '--out', "
+            f"{os.path.join(out, 'run')!r}, '--set', 'data.train_limit=10000'];\n"
+            "try:\n    runpy.run_module('vaelab', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return int(line.split()[1]) / 1024
+
+
+def run(quick: bool = False, memory: bool = True) -> dict[str, Any]:
+    steps, warmup = (15, 5) if quick else (60, 10)
+    images = load_dataset("mnist").x_train[:20_000]
+    fp32_peak, bf16_peak = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    results: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "peak_gflops": {"fp32": fp32_peak, "bf16": bf16_peak},
+        "training": {},
+    }
+    for name, (config, make_reference) in MODELS.items():
+        row: dict[str, Any] = {}
+        for precision in ("fp32", "bf16"):
+            rate, flops = vaelab_train_throughput(config, images, steps, warmup, precision)
+            peak = fp32_peak if precision == "fp32" else bf16_peak
+            row[precision] = {
+                "images_per_second": rate,
+                "gflops": rate * flops / 1e9,
+                "fraction_of_peak": rate * flops / 1e9 / peak,
+            }
+            row["flops_per_image"] = flops
+        torch.manual_seed(0)
+        reference_rate = reference.train_throughput(make_reference(), images, steps, warmup)
+        row["reference_images_per_second"] = reference_rate
+        row["speedup_vs_reference"] = row["fp32"]["images_per_second"] / reference_rate
+        results["training"][name] = row
+    conv = MODELS["conv (study, d=2)"][0]
+    results["sampling_images_per_second"] = sampling_throughput(conv)
+    results["nll_k5000_images_per_second"] = nll_throughput(conv, images[: 8 if quick else 32])
+    if memory:
+        results["training_peak_memory_mb"] = training_peak_memory_mb()
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    peak = results["peak_gflops"]
+    lines = [
+        f"Machine: {results['machine']['threads']} threads, torch {results['machine']['torch']}; "
+        f"matrix-multiply peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s.",
+        "",
+        "| model (batch 128) | MFLOP/img | vaelab fp32 img/s | GFLOP/s | % of fp32 peak | vaelab bf16 img/s "
+        "| % of bf16 peak | plain PyTorch img/s | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["training"].items():
+        f32, b16 = row["fp32"], row["bf16"]
+        lines.append(
+            f"| {name} | {row['flops_per_image'] / 1e6:.1f} | {f32['images_per_second']:.0f} | {f32['gflops']:.1f} "
+            f"| {100 * f32['fraction_of_peak']:.0f}% | {b16['images_per_second']:.0f} | {100 * b16['fraction_of_peak']:.0f}% "
+            f"| {row['reference_images_per_second']:.0f} | {row['speedup_vs_reference']:.2f}x |"
+        )
+    lines += ["", f"- decoder sampling (conv, d=2): {results['sampling_images_per_second']:.0f} images/s"]
+    nll = results.get("nll_k5000_images_per_second")
+    lines.append(
+        f"- importance-weighted NLL, k=5000 (conv, d=2): {nll:.2f} images/s"
+        if nll
+        else "- NLL estimator: not installed"
+    )
+    if "training_peak_memory_mb" in results:
+        lines.append(f"- peak resident memory of `vaelab train` on MNIST: {results['training_peak_memory_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def to_json(results: dict[str, Any]) -> str:
+    return json.dumps(results)
