@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from vaelab.cli.app import app
 from vaelab.errors import VaelabError
@@ -21,7 +22,7 @@ def main() -> None:
     try:
         app()
     except VaelabError as err:
-        _stderr.print(f"[bold red]error:[/] {err}", markup=True)
+        _stderr.print(f"[bold red]error:[/] {escape(str(err))}", markup=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _stderr.print("interrupted; a run can be continued with `vaelab train --resume RUN_DIR`")

@@ -63,7 +63,8 @@ def _default_out() -> Path:
 def _check_fresh_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise VaelabError(f"--out {out} is a file, not a directory")
-    if (out / "config.toml").exists():
+    # a run killed before its first checkpoint has nothing to resume: starting afresh loses nothing
+    if (out / "checkpoint" / "last.safetensors").exists() or (out / "model.json").exists():
         raise VaelabError(
             f"{out} already holds a run; continue it with `vaelab train --resume {out}` or choose another --out"
         )
@@ -101,11 +102,24 @@ def train(
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
 ) -> None:
     """Train a VAE. With no options: the study's experiment 1 (2-D conv VAE, MNIST, 30 epochs)."""
+    options_given = [
+        name for name, value in locals().items() if value and name not in ("resume", "no_figures", "epochs")
+    ]
     from vaelab.config import RunConfig, apply_overrides
     from vaelab.train import Trainer
 
     if resume is not None:
+        if options_given:
+            raise VaelabError(
+                f"--resume continues a run with its own config; drop {', '.join('--' + o.rstrip('_').replace('_', '-') for o in options_given)} "
+                "(only --epochs, to extend the run, and --no-figures go with --resume)"
+            )
         trainer = Trainer.resume(resume, figures=not no_figures)
+        if epochs is not None:
+            if epochs < trainer.epoch:
+                raise VaelabError(f"{resume} has already trained {trainer.epoch} epochs; --epochs must be >= that")
+            trainer.config.train.epochs = epochs
+            trainer.config.save(resume / "config.toml")
         err_console.print(f"resuming {resume} after epoch {trainer.epoch}")
         out = resume
     else:

@@ -40,7 +40,10 @@ class CorrelatedGaussian(nn.Module):
 
     def __init__(self, covariance: torch.Tensor | list[list[float]]) -> None:
         super().__init__()
-        cov = torch.as_tensor(covariance, dtype=torch.float32)
+        try:
+            cov = torch.as_tensor(covariance, dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise VaelabError(f"prior covariance must be a square matrix of numbers ({err})") from None
         if cov.dim() != 2 or cov.shape[0] != cov.shape[1]:
             raise VaelabError(f"prior covariance must be a square matrix, got shape {tuple(cov.shape)}")
         if not torch.isfinite(cov).all():

@@ -34,7 +34,11 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) 
 
 
 def knn_accuracy(
-    train_means: torch.Tensor, train_labels: torch.Tensor, test_means: torch.Tensor, test_labels: torch.Tensor, k: int = 5
+    train_means: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_means: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 5,
 ) -> float:
     from sklearn.neighbors import KNeighborsClassifier
 

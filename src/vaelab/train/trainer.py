@@ -135,10 +135,14 @@ class Trainer:
         """Drop records written after the checkpoint, so a resumed run's log has no duplicates."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            kept = [
-                line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch
-            ]
-            kept = [line for line in kept if json.loads(line)["split"] != "test"]
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by the interruption; the epoch it described is replayed
+                if record["epoch"] <= epoch and record["split"] != "test":
+                    kept.append(line)
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _log(self, record: dict[str, Any]) -> None:

@@ -1,0 +1,168 @@
+"""The typed run configuration: defaults, TOML round trip, overrides and validation messages."""
+
+from __future__ import annotations
+
+import pytest
+import tomllib
+
+from vaelab import VaelabError
+from vaelab.config import RunConfig, apply_dict, apply_overrides, read_toml
+
+
+def test_defaults_validate():
+    config = RunConfig()
+    assert config.validate() is config
+    assert config.model.arch == "conv" and config.model.latent_dim == 2
+    assert config.train.epochs == 30 and config.objective.name == "elbo" and config.data.name == "mnist"
+
+
+def test_toml_round_trip():
+    config = apply_overrides(
+        RunConfig(),
+        [
+            "model.prior=correlated",
+            "model.prior_cov=[[1.0, 0.3], [0.3, 2.0]]",
+            "model.hidden=[64, 32]",
+            "objective.beta=0.5",
+            "train.lr=3e-4",
+            "data.name=fashion-mnist",
+        ],
+    )
+    text = config.to_toml()
+    again = RunConfig.from_dict(tomllib.loads(text))
+    assert again == config
+    assert again.model.prior_cov == [[1.0, 0.3], [0.3, 2.0]]
+    assert again.to_toml() == text
+
+
+def test_save_and_load(tmp_path):
+    config = apply_overrides(RunConfig(), ["train.seed=5", "model.latent_dim=3"])
+    path = tmp_path / "config.toml"
+    config.save(path)
+    assert RunConfig.load(path) == config
+    assert RunConfig.load(path) != RunConfig()
+
+
+def test_partial_file_keeps_defaults(tmp_path):
+    path = tmp_path / "partial.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    config = RunConfig.load(path)
+    assert config.train.epochs == 3
+    expected = RunConfig()
+    expected.train.epochs = 3
+    assert config == expected
+
+
+def test_overrides_parse_values():
+    config = apply_overrides(
+        RunConfig(),
+        [
+            "train.epochs=7",  # int
+            "train.lr=2.5e-4",  # float
+            "objective.beta=2",  # an int where a float is expected becomes a float
+            "model.hidden=[128, 64, 32]",  # list
+            "model.arch=mlp",  # a bare word is a string
+            'model.activation="tanh"',  # so is a quoted one
+            "data.name = fashion-mnist",  # spaces around '=' are fine
+        ],
+    )
+    assert config.train.epochs == 7 and isinstance(config.train.epochs, int)
+    assert config.train.lr == 2.5e-4
+    assert config.objective.beta == 2.0 and isinstance(config.objective.beta, float)
+    assert config.model.hidden == [128, 64, 32]
+    assert config.model.arch == "mlp" and config.model.activation == "tanh"
+    assert config.data.name == "fashion-mnist"
+
+
+def test_override_nested_list_of_floats():
+    config = apply_overrides(RunConfig(), ["model.prior=correlated", "model.prior_cov=[[1, 0], [0, 1]]"])
+    assert config.model.prior_cov == [[1.0, 0.0], [0.0, 1.0]]
+    assert all(isinstance(v, float) for row in config.model.prior_cov for v in row)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("bogus.epochs=1", "bogus"),  # unknown section
+        ("train.bogus=1", "train.bogus"),  # unknown key
+        ("train.epochs=ten", "train.epochs"),  # wrong type: string for int
+        ("train.epochs=1.5", "train.epochs"),  # wrong type: float for int
+        ("train.epochs=true", "train.epochs"),  # a bool is not an int
+        ("train.lr=fast", "train.lr"),  # string for float
+        ("model.hidden=64", "model.hidden"),  # scalar for a list
+        ("model.hidden=[64, 'a']", "model.hidden"),  # wrong item type
+        ("data.name=3", "data.name"),  # int for a string
+        ("model.arch=transformer", "model.arch"),  # bad enum value
+        ("data.binarize=maybe", "data.binarize"),
+        ("objective.name=vi", "objective.name"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.lr=0", "train.lr"),  # non-positive learning rate
+        ("train.lr=-1e-3", "train.lr"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("objective.beta=-1", "objective.beta"),
+        ("objective.k=0", "objective.k"),
+        ("objective.free_bits=-0.5", "objective.free_bits"),
+        ("data.validation_size=-1", "data.validation_size"),
+        ("model.latent_dim=0", "model.latent_dim"),
+        ("model.likelihood_scale=0", "model.likelihood_scale"),
+        ("model.hidden=[]", "model.hidden"),
+        ("model.prior_cov=[[1, 0, 0], [0, 1, 0], [0, 0, 1]]", "model.prior_cov"),  # 3x3 for latent_dim 2
+        ("model.prior_sampling=study", "model.prior_sampling"),  # study sampling needs a correlated prior
+    ],
+)
+def test_bad_override_names_the_key(override, needle):
+    with pytest.raises(VaelabError) as info:
+        apply_overrides(RunConfig(), [override])
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("override", ["train.epochs", "epochs=3", "a.b.c=1"])
+def test_malformed_override(override):
+    with pytest.raises(VaelabError, match="section.key=value"):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_unknown_key_lists_known_keys():
+    with pytest.raises(VaelabError) as info:
+        apply_overrides(RunConfig(), ["train.epoch=3"])
+    assert "train.epoch" in str(info.value) and "epochs" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        ({"trian": {"epochs": 3}}, "trian"),
+        ({"train": {"epoch": 3}}, "train.epoch"),
+        ({"train": {"lr": "0.001"}}, "train.lr"),
+        ({"train": {"lr": 0.0}}, "train.lr"),
+        ({"model": {"arch": "vit"}}, "model.arch"),
+        ({"train": 3}, "[train]"),
+    ],
+)
+def test_bad_dict_names_the_key(raw, needle):
+    with pytest.raises(VaelabError) as info:
+        RunConfig.from_dict(raw, where="my.toml")
+    assert needle in str(info.value)
+
+
+def test_apply_dict_rejects_non_table():
+    with pytest.raises(VaelabError):
+        apply_dict(RunConfig(), [1, 2, 3])  # type: ignore[arg-type]
+
+
+def test_invalid_or_missing_toml_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3\n")
+    with pytest.raises(VaelabError, match="not valid TOML") as info:
+        read_toml(bad)
+    assert str(bad) in str(info.value)
+    with pytest.raises(VaelabError, match="does not exist"):
+        RunConfig.load(tmp_path / "absent.toml")
+
+
+def test_invalid_value_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nprior = "uniform"\n')
+    with pytest.raises(VaelabError, match="model.prior"):
+        RunConfig.load(path)

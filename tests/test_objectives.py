@@ -1,0 +1,213 @@
+"""Objectives: the analytic-KL ELBO against a Monte-Carlo estimate, IWAE, beta and free bits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaelab.config import ModelConfig
+from vaelab.model import ELBO, IWAE, build_vae, make_objective
+
+# encoder output (mu, log sigma^2) pushed well away from the prior, so that the KL is several nats
+# and a wrong KL formula cannot hide inside the Monte-Carlo noise
+POSTERIOR_BIAS = [1.0, -1.0, -2.0, -1.0]
+B = 3  # images
+
+
+def _model(prior: str = "standard", seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_vae(ModelConfig(arch="mlp", hidden=[32], latent_dim=2, prior=prior), (1, 28, 28))
+    last = model.encoder.net[-1][-1]
+    assert isinstance(last, torch.nn.Linear) and last.out_features == 4
+    with torch.no_grad():
+        last.weight.mul_(0.05)
+        last.bias.copy_(torch.tensor(POSTERIOR_BIAS))
+    return model
+
+
+@pytest.fixture(scope="module")
+def x(mnist):
+    return mnist.x_test[:B].float() / 255
+
+
+def _mean_se(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard error over the first dimension, in float64."""
+    samples = samples.double()
+    return samples.mean(0), samples.std(0) / math.sqrt(len(samples))
+
+
+def _monte_carlo_elbo(model, x, samples: int) -> torch.Tensor:
+    """S x B single-sample estimates of log p(x|z) + log p(z) - log q(z|x), z ~ q."""
+    q = model.q_z(x)
+    z = q.rsample((samples,))
+    return model.p_x(z).log_prob(x) + model.p_z().log_prob(z) - q.log_prob(z)
+
+
+def _elbo_objective_samples(objective, model, x, samples: int) -> torch.Tensor:
+    """S x B draws of the objective's bound (-total), each with fresh noise."""
+    terms = objective(model, x.repeat(samples, 1, 1, 1))
+    return -terms.total.reshape(samples, len(x))
+
+
+@pytest.mark.parametrize("prior", ["standard", "correlated"])
+@torch.no_grad()
+def test_analytic_elbo_matches_monte_carlo(prior, x):
+    model = _model(prior)
+    torch.manual_seed(1)
+    s = 4000
+    analytic, analytic_se = _mean_se(_elbo_objective_samples(ELBO(), model, x, s))
+    mc, mc_se = _mean_se(_monte_carlo_elbo(model, x, s))
+    tolerance = 4 * torch.sqrt(analytic_se**2 + mc_se**2)
+    assert (tolerance < 1.0).all(), "too noisy to be a test"
+    assert ((analytic - mc).abs() < tolerance).all(), (analytic, mc, tolerance)
+
+
+@pytest.mark.parametrize("prior", ["standard", "correlated"])
+@torch.no_grad()
+def test_closed_form_kl_matches_monte_carlo(prior, x):
+    """The KL part alone: closed form against the mean of log q(z|x) - log p(z) over z ~ q."""
+    model = _model(prior)
+    torch.manual_seed(2)
+    terms = ELBO()(model, x)
+    q, p = model.q_z(x), model.p_z()
+    z = q.rsample((20000,))
+    mc, se = _mean_se(q.log_prob(z) - p.log_prob(z))
+    assert (terms.kl > 1.0).all(), terms.kl  # big enough that a formula error shows
+    assert ((terms.kl.double() - mc).abs() < 4 * se + 1e-4).all(), (terms.kl, mc, se)
+    if prior == "standard":
+        assert terms.kl_per_dim is not None and terms.kl_per_dim.shape == (B, 2)
+        torch.testing.assert_close(terms.kl_per_dim.sum(-1), terms.kl)
+    else:
+        assert terms.kl_per_dim is None
+
+
+@torch.no_grad()
+def test_terms_add_up(x):
+    model = _model()
+    terms = ELBO()(model, x)
+    assert terms.total.shape == terms.reconstruction.shape == terms.kl.shape == (B,)
+    torch.testing.assert_close(terms.total, terms.reconstruction + terms.kl)
+    torch.testing.assert_close(terms.loss, terms.total.mean())  # beta = 1: the loss is the -ELBO
+    # reconstruction is -log p(x|z) of one sample, in nats summed over 784 pixels
+    assert (terms.reconstruction > 0).all() and (terms.reconstruction < 784 * 5).all()
+
+
+@pytest.mark.parametrize("prior", ["standard", "correlated"])
+@torch.no_grad()
+def test_iwae_k1_is_the_elbo_in_expectation(prior, x):
+    model = _model(prior)
+    torch.manual_seed(3)
+    s = 4000
+    elbo, elbo_se = _mean_se(_elbo_objective_samples(ELBO(), model, x, s))
+    iwae, iwae_se = _mean_se(_elbo_objective_samples(IWAE(1), model, x, s))
+    assert ((elbo - iwae).abs() < 4 * torch.sqrt(elbo_se**2 + iwae_se**2)).all(), (elbo, iwae)
+
+
+@torch.no_grad()
+def test_iwae_grows_with_k(x):
+    model = _model()
+    torch.manual_seed(4)
+    r = 150  # independent repetitions of each bound
+    means, errors = [], []
+    for k in (1, 10, 100):
+        mean, se = _mean_se(_elbo_objective_samples(IWAE(k), model, x, r))
+        means.append(mean.mean())
+        errors.append(se.pow(2).mean().sqrt())
+    for (m_small, e_small), (m_big, e_big) in zip(zip(means, errors), zip(means[1:], errors[1:])):
+        assert m_big > m_small + 3 * math.hypot(e_small, e_big), means
+    # and the k = 100 bound is still a bound below log p(x): no larger than a much tighter one
+    big, _ = _mean_se(_elbo_objective_samples(IWAE(1000), model, x, 4))
+    assert means[-1] <= big.mean() + 0.05
+
+
+@torch.no_grad()
+def test_iwae_matches_logmeanexp_of_weights(x):
+    model = _model()
+    k = 7
+    torch.manual_seed(5)
+    terms = IWAE(k)(model, x)
+    torch.manual_seed(5)
+    q = model.q_z(x)
+    z = q.rsample((k,))
+    log_w = model.p_x(z).log_prob(x) + model.p_z().log_prob(z) - q.log_prob(z)
+    expected = torch.logsumexp(log_w, 0) - math.log(k)
+    torch.testing.assert_close(-terms.total, expected)
+    torch.testing.assert_close(terms.loss, -expected.mean())
+
+
+def test_make_objective():
+    assert isinstance(make_objective("iwae", k=5), IWAE) and make_objective("iwae", k=5).k == 5
+    elbo = make_objective("elbo", beta=0.5, free_bits=0.1)
+    assert isinstance(elbo, ELBO) and elbo.beta == 0.5 and elbo.free_bits == 0.1
+
+
+@torch.no_grad()
+def test_beta_scales_the_kl_part_of_the_loss(x):
+    model = _model()
+    results = {}
+    for beta in (0.0, 1.0, 3.0):
+        torch.manual_seed(6)  # the same z for every beta
+        results[beta] = ELBO(beta=beta)(model, x)
+    base = results[0.0]
+    torch.testing.assert_close(base.loss, base.reconstruction.mean())
+    for beta in (1.0, 3.0):
+        torch.testing.assert_close(results[beta].loss, base.reconstruction.mean() + beta * base.kl.mean())
+        # what is reported is the true bound, whatever beta is optimised
+        torch.testing.assert_close(results[beta].total, base.total)
+    # the KL warm-up weight multiplies beta
+    torch.manual_seed(6)
+    warm = ELBO(beta=3.0)(model, x, kl_weight=0.25)
+    torch.testing.assert_close(warm.loss, base.reconstruction.mean() + 0.75 * base.kl.mean())
+
+
+def _grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_free_bits_clamps_per_dimension(x):
+    model = _model()
+    torch.manual_seed(7)
+    plain = ELBO()(model, x)
+    kl_dim_mean = plain.kl_per_dim.detach().mean(0)  # about 2.6 nats in z0, 0.4 in z1
+    threshold = float(kl_dim_mean.mean())  # between the two
+    assert kl_dim_mean.min() < threshold < kl_dim_mean.max()
+    torch.manual_seed(7)
+    clamped = ELBO(free_bits=threshold)(model, x)
+    expected = plain.reconstruction.mean() + kl_dim_mean.clamp(min=threshold).sum()
+    torch.testing.assert_close(clamped.loss, expected)
+    assert clamped.loss > plain.loss  # the clamped dimension costs more than its KL
+    torch.testing.assert_close(clamped.total, plain.total)  # reporting is unaffected
+
+    # a budget below every dimension's KL changes nothing
+    torch.manual_seed(7)
+    torch.testing.assert_close(ELBO(free_bits=1e-3)(model, x).loss, plain.loss)
+
+
+def test_free_bits_above_the_kl_removes_its_gradient(x):
+    model = _model()
+    torch.manual_seed(8)
+    clamped = ELBO(free_bits=50.0)(model, x)
+    torch.testing.assert_close(clamped.loss, clamped.reconstruction.mean() + 2 * 50.0)
+    clamped_grads = _grads(model, clamped.loss)
+    torch.manual_seed(8)
+    reconstruction_only = ELBO(beta=0.0)(model, x)
+    expected_grads = _grads(model, reconstruction_only.loss)
+    assert clamped_grads.keys() == expected_grads.keys()
+    for name in expected_grads:
+        torch.testing.assert_close(clamped_grads[name], expected_grads[name], msg=name)
+
+
+@torch.no_grad()
+def test_free_bits_with_correlated_prior_clamps_the_whole_kl(x):
+    model = _model("correlated")
+    torch.manual_seed(9)
+    plain = ELBO()(model, x)
+    torch.manual_seed(9)
+    clamped = ELBO(free_bits=50.0)(model, x)
+    torch.testing.assert_close(clamped.loss, plain.reconstruction.mean() + 2 * 50.0)
+    torch.manual_seed(9)
+    torch.testing.assert_close(ELBO(free_bits=1e-3)(model, x).loss, plain.loss)
