@@ -156,8 +156,6 @@ def test_the_inference_copy_computes_the_same_function():
     model = build_vae(ModelConfig(prior="correlated"), (1, 28, 28)).eval()
     x = torch.rand(3, 1, 28, 28).bernoulli()
     fast = inference_copy(model)
-    assert fast.decoder.net[3].weight.is_contiguous(memory_format=torch.channels_last)
-    assert not model.decoder.net[3].weight.is_contiguous(memory_format=torch.channels_last)
     torch.manual_seed(1)
     slow_bound = iwae_bound(model, x, 20)
     torch.manual_seed(1)

@@ -109,7 +109,8 @@ class Trainer:
         self.objective = make_objective(
             config.objective.name, config.objective.beta, config.objective.k, config.objective.free_bits
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        # fused: one kernel for the whole update instead of a dozen per tensor (~5-25% faster steps here)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr, fused=True)
         self.step = TrainStep(self.model, self.objective, self.optimizer, train.precision, self.device.type)
         self.epoch = 0  # epochs completed
 
