@@ -231,3 +231,31 @@ def test_resume_errors(tmp_path):
     tiny_config().save(run / "config.toml")
     with pytest.raises(VaelabError, match="no checkpoint"):
         Trainer.resume(run)
+
+
+def test_checkpoint_restores_fused_adam_for_channels_last_weights(tmp_path):
+    """A restored fused Adam must take exactly the step the original would (moments keep the weights' layout)."""
+    from vaelab.config import ModelConfig
+    from vaelab.model import build_vae
+    from vaelab.train import load_checkpoint, save_checkpoint
+
+    def make():
+        model = build_vae(ModelConfig(), (1, 28, 28))
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def step(model, optimizer, x):
+        optimizer.zero_grad()
+        model.p_x(model.q_z(x).mean).log_prob(x).sum().neg().backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 28, 28)
+    model, optimizer = make()
+    step(model, optimizer, x)
+    save_checkpoint(tmp_path / "c.safetensors", model, optimizer, {}, {"epoch": 1})
+    restored, restored_optimizer = make()
+    load_checkpoint(tmp_path / "c.safetensors", restored, restored_optimizer)
+    step(model, optimizer, x)
+    step(restored, restored_optimizer, x)
+    for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -75,5 +75,20 @@ def load_checkpoint(
     for param_id, values in scalars.items():
         opt_state.setdefault(int(param_id), {}).update(values)
     optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+    _match_parameter_layouts(optimizer)
     rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
     return rng, info
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored moment buffers their parameter's memory layout (e.g. channels-last).
+
+    Saved tensors come back contiguous; a fused optimiser walks parameter, gradient and moments
+    as flat memory, so a channels-last weight with a contiguous moment would be updated wrongly.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param).copy_(value)
