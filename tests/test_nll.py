@@ -19,7 +19,6 @@ from vaelab.data import Batches
 from vaelab.distributions import DiagonalGaussian, GaussianLikelihood, StandardNormal
 from vaelab.errors import VaelabError
 from vaelab.eval import estimate_log_likelihood, iwae_bound
-from vaelab.eval.nll import inference_copy
 from vaelab.model import ELBO, VAE, build_vae
 
 D, LATENT, SHAPE, SIGMA = 6, 2, (1, 2, 3), 0.3
@@ -149,17 +148,6 @@ def test_runs_for_the_conv_model_with_every_prior_and_likelihood(overrides):
     # the caller's model is neither modified nor switched to eval mode
     assert model.training
     assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
-
-
-def test_the_inference_copy_computes_the_same_function():
-    torch.manual_seed(0)
-    model = build_vae(ModelConfig(prior="correlated"), (1, 28, 28)).eval()
-    x = torch.rand(3, 1, 28, 28).bernoulli()
-    fast = inference_copy(model)
-    torch.manual_seed(1)
-    slow_bound = iwae_bound(model, x, 20)
-    torch.manual_seed(1)
-    torch.testing.assert_close(iwae_bound(fast, x, 20), slow_bound, atol=1e-3, rtol=0)
 
 
 def test_user_errors_are_reported():

@@ -4,6 +4,10 @@ Encoder: Conv 32 3x3 s2 ReLU -> Conv 64 3x3 s2 ReLU -> Flatten -> Dense 16 ReLU 
 Decoder: Dense 7*7*64 ReLU -> reshape -> ConvT 64 3x3 s2 ReLU -> ConvT 32 3x3 s2 ReLU -> ConvT(out) 3x3.
 Padding reproduces Keras' "same": 28 -> 14 -> 7 and back. Any H, W divisible by 4 works.
 
+Every ReLU runs in place: each directly follows a conv / dense layer, whose output nothing else
+reads (autograd saves those layers' inputs, not their outputs), so no extra activation tensor is
+allocated, in training and in inference alike.
+
 Weights are initialised as Keras does (Glorot-uniform weights, zero biases), not with PyTorch's
 defaults: with PyTorch's smaller default init the 16-unit ReLU bottleneck tends to go dead early and
 the 2-D model collapses to the prior (KL ~0, loss ~206 nats) in our runs; with Keras' init it trains
@@ -50,12 +54,12 @@ class ConvEncoder(nn.Module):
         c, h, w = image_shape
         self.net = nn.Sequential(
             nn.Conv2d(c, 32, 3, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Flatten(),
             nn.Linear(64 * (h // 4) * (w // 4), 16),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Linear(16, out_features),
         )
         keras_init(self)
@@ -72,13 +76,13 @@ class ConvDecoder(nn.Module):
         _, h, w = image_shape
         self.net = nn.Sequential(
             nn.Linear(latent_dim, 64 * (h // 4) * (w // 4)),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Unflatten(1, (64, h // 4, w // 4)),
             ChannelsLast(),
             nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.ConvTranspose2d(32, out_channels, 3, stride=1, padding=1),
         )
         keras_init(self)

@@ -18,13 +18,19 @@ ACTIVATIONS = {
 }
 
 
+def _activation(name: str) -> nn.Module:
+    # a ReLU straight after a Linear may overwrite its output: nothing else reads it (autograd keeps
+    # the Linear's input, and the ReLU's own output), so it runs in place and allocates nothing
+    return nn.ReLU(inplace=True) if name == "relu" else ACTIVATIONS[name]()
+
+
 def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
     """Linear layers through ``widths`` with ``activation`` between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
-            layers.append(ACTIVATIONS[activation]())
+            layers.append(_activation(activation))
     return nn.Sequential(*layers)
 
 
