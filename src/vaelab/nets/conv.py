@@ -42,9 +42,12 @@ def _check_divisible(image_shape: tuple[int, int, int]) -> None:
         raise VaelabError(f"the conv architecture needs height and width divisible by 4, got {h}x{w}")
 
 
-class ChannelsLast(nn.Module):
+class UnflattenChannelsLast(nn.Unflatten):
+    """Unflatten into an NCHW shape with NHWC memory. A subclass, not an extra module, so the
+    parameter names (the safetensors keys of saved models) stay those of the plain network."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channels_last(x)
+        return channels_last(super().forward(x))
 
 
 class ConvEncoder(nn.Module):
@@ -77,8 +80,7 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(latent_dim, 64 * (h // 4) * (w // 4)),
             nn.ReLU(inplace=True),
-            nn.Unflatten(1, (64, h // 4, w // 4)),
-            ChannelsLast(),
+            UnflattenChannelsLast(1, (64, h // 4, w // 4)),
             nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),
             nn.ReLU(inplace=True),
             nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
