@@ -158,7 +158,8 @@ def test_no_run_directory_left_by_failed_commands(results, cli_tmp):
 
 
 def test_eval_on_a_run_matches_its_recorded_test_numbers(monkeypatch, capsys, trained_run):
-    result = _main(monkeypatch, capsys, "eval", str(trained_run), "--json")
+    # --no-write: the session's shared run must keep exactly the records training wrote (test_train checks them)
+    result = _main(monkeypatch, capsys, "eval", str(trained_run), "--json", "--no-write", "--fd-samples", "500")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     recorded = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()][-1]

@@ -242,13 +242,34 @@ def evaluate(
         bool, typer.Option("--nll", help="Also estimate -log p(x) by importance sampling (IWAE-k, Burda et al.).")
     ] = False,
     k: Annotated[int, typer.Option("--k", min=1, help="Importance samples per image for --nll.")] = 5000,
-    limit: Annotated[int, typer.Option("--limit", min=0, help="Evaluate the first N test images (0 = all).")] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help="Evaluate the first N test images (0 = all); nothing is written.")
+    ] = 0,
+    fd_samples: Annotated[
+        int, typer.Option("--fd-samples", min=2, help="Prior samples for the Fréchet distance (MNIST only).")
+    ] = 10_000,
+    no_write: Annotated[
+        bool, typer.Option("--no-write", help="Do not append to the run's metrics.jsonl and report.md.")
+    ] = False,
+    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0 = torch's default).")] = 0,
 ) -> None:
-    """Test-set bound per image in nats: total (-ELBO), reconstruction, KL; with --nll the IWAE-k NLL."""
-    from vaelab.eval import estimate_log_likelihood, evaluate_elbo, evaluation_seed
+    """Test-set bound (-ELBO, reconstruction, KL, KL per dimension), active units, posterior collapse, kNN and
+    logistic-regression probes, silhouette, Fréchet distance of prior samples; with --nll the IWAE-k NLL.
+
+    A run directory gets the results appended to its metrics.jsonl (a record with "kind": "analysis") and an
+    "Evaluation" section in its report.md, unless --no-write or --limit; --pretrained models are only printed.
+    The Fréchet distance uses the features of vaelab's own MNIST classifier: it is NOT comparable with
+    Inception-based FID, and it is computed for MNIST runs only.
+    """
+    import torch
+
+    from vaelab.eval import estimate_log_likelihood, evaluation_seed
+    from vaelab.eval.summary import analysis_record, append_record, evaluate_model, write_evaluation_section
     from vaelab.model import load_model
     from vaelab.train import make_batches
 
+    if threads:
+        torch.set_num_threads(threads)
     folder = _model_dir(run_dir, pretrained)
     model, config, meta = load_model(folder)
     if limit:
@@ -263,7 +284,7 @@ def evaluate(
         "split": "test",
         "images": len(test.images),
         "seed": seed,
-        **evaluate_elbo(model, test, seed=seed),
+        **evaluate_model(model, dataset, batches["train"], test, seed=seed, frechet_samples=fd_samples),
     }
     if nll:
         started = time.perf_counter()
@@ -276,20 +297,41 @@ def evaluate(
         result.update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
         if result["nll_stderr"] != result["nll_stderr"]:  # NaN for a single image: JSON has no NaN
             result["nll_stderr"] = None
+    written = pretrained is None and not no_write and not limit
+    if written:
+        append_record(folder, analysis_record(result, int(meta.get("epochs_trained", 0))))
+        write_evaluation_section(folder / "report.md", result)
+    elif limit and pretrained is None and not no_write:
+        err_console.print(f"--limit {limit}: a subset of the test set, so nothing was written to {folder}")
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"{name} on the {dataset.name} test set (per image, nats)")
+    _print_evaluation(name, result, folder if written else None)
+
+
+def _print_evaluation(name: str, result: dict, written_to: Path | None) -> None:
+    from rich.text import Text
+
+    from vaelab.eval.summary import COLLAPSE_WARNING, analysis_lines
+
+    table = Table(title=f"{name} on the {result['dataset']} test set ({result['images']} images; per image, nats)")
     for column in ("total (-ELBO)", "reconstruction", "KL"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['total']:.2f}", f"{result['reconstruction']:.2f}", f"{result['kl']:.2f}")
     console.print(table)
-    if "kl_per_dim" in result:
-        console.print("KL per latent dimension: " + ", ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
-    if nll:
+    for line in analysis_lines(result):
+        console.print(Text(line, style="bold red" if line.startswith(COLLAPSE_WARNING) else ""))
+    if "nll" in result:
+        stderr = "n/a" if result["nll_stderr"] is None else f"{result['nll_stderr']:.2f}"
         console.print(
-            f"NLL (importance-weighted, k = {result['k']}): {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats "
+            f"NLL (importance-weighted, k = {result['k']}): {result['nll']:.2f} ± {stderr} nats "
             f"per image (± one standard error over {result['images']} images), {result['bits_per_dim']:.4f} bits/dim"
+        )
+    console.print(f"analysis took {result['analysis_seconds']:.1f} s", markup=False)
+    if written_to is not None:
+        console.print(
+            f"appended to {written_to / 'metrics.jsonl'}; {written_to / 'report.md'} has an Evaluation section",
+            markup=False,
         )
 
 
