@@ -236,7 +236,10 @@ def evaluate(
     pretrained: PretrainedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     seed: Annotated[
-        int | None, typer.Option(help="Noise seed [default: the one training used for its test numbers].")
+        int | None,
+        typer.Option(
+            help="Seed of the ELBO noise and the Fréchet prior samples (default: the one training used for its test numbers)."
+        ),
     ] = None,
     nll: Annotated[
         bool, typer.Option("--nll", help="Also estimate -log p(x) by importance sampling (IWAE-k, Burda et al.).")
