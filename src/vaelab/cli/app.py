@@ -347,12 +347,15 @@ def reproduce(
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Override the epochs (quick trials; not the study's setting).")
     ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key of every experiment's config (quick trials).")
+    ] = None,
 ) -> None:
     """Train a published experiment (or reuse/resume its run), draw its figures, report against the paper."""
     from vaelab.experiments import GROUPS
     from vaelab.experiments.reproduce import reproduce as run
 
-    results = run(name, out, epochs, console=err_console)
+    results = run(name, out, epochs, console=err_console, overrides=set_)
     table = Table(title=f"vaelab reproduce {name}: test set, nats per image")
     for column in ("experiment", "study total", "our total", "recon", "KL", "kNN-5", "silhouette", "active"):
         table.add_column(column, justify="right")

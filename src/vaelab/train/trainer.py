@@ -296,7 +296,7 @@ class Trainer:
 
 def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, Any]], figures: list[Path]) -> None:
     """A short Markdown summary of one run: what was trained, the test numbers, the figures."""
-    test = next((r for r in reversed(records) if r["split"] == "test"), None)
+    test = next((r for r in reversed(records) if r["split"] == "test" and "kind" not in r), None)
     train_rows = [r for r in records if r["split"] == "train"]
     m, t = config.model, config.train
     lines = [

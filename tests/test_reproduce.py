@@ -1,0 +1,71 @@
+"""`vaelab reproduce seed` end to end on a tiny slice of MNIST (1 epoch): runs, figures, report, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vaelab.errors import VaelabError
+from vaelab.experiments.reproduce import reproduce
+
+QUICK = ["data.train_limit=600", "data.validation_size=300", "data.test_limit=300", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    return out, reproduce("seed", out, epochs=1, overrides=QUICK)
+
+
+def test_three_runs_with_their_figures(reproduced):
+    out, results = reproduced
+    assert [r["experiment"] for r in results] == ["seed-2d", "seed-3d", "seed-correlated"]
+    figures = {
+        name: {p.name for p in (out / name / "figures").iterdir()} for name in ("seed-2d", "seed-3d", "seed-correlated")
+    }
+    common = {"loss_curves.png", "reconstructions.png", "samples.png", "interpolation.png"}
+    assert common | {"latent_manifold.png", "latent_scatter.png"} <= figures["seed-2d"]
+    assert (
+        common | {"latent_scatter_3d.png", "latent_projections.png", "manifold_cross_sections.png"}
+        <= figures["seed-3d"]
+    )
+    assert common | {"latent_manifold.png", "latent_scatter.png"} <= figures["seed-correlated"]
+
+
+def test_report_puts_the_study_beside_our_numbers(reproduced):
+    out, results = reproduced
+    report = (out / "report.md").read_text()
+    for r in results:
+        row = next(line for line in report.splitlines() if line.startswith(f"| {r['experiment']} |"))
+        assert f"**{r['test']['total']:.2f}**" in row
+        assert f"~{r['published']['total']:.0f}" in row
+        assert f"{r['analysis']['active_units']}/" in row
+    assert "changed the published config" in report  # the quick settings are flagged
+    assert "best configuration is" in report
+    assert json.loads((out / "results.json").read_text())[0]["experiment"] == "seed-2d"
+
+
+def test_numbers_come_from_the_runs(reproduced):
+    out, results = reproduced
+    for r in results:
+        records = [json.loads(line) for line in (out / r["experiment"] / "metrics.jsonl").read_text().splitlines()]
+        test = [rec for rec in records if rec["split"] == "test"][-1]
+        assert r["test"]["total"] == test["total"]
+        assert 0.0 <= r["analysis"]["knn5_accuracy"] <= 1.0
+
+
+def test_a_finished_run_is_reused_and_a_different_config_refused(reproduced):
+    out, _ = reproduced
+    weights = out / "seed-2d" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = reproduce("seed-2d", out, epochs=1, overrides=QUICK)
+    assert weights.stat().st_mtime_ns == before  # not retrained
+    assert again[0]["test"]["total"] == reproduced[1][0]["test"]["total"]
+    with pytest.raises(VaelabError, match="different config"):
+        reproduce("seed-2d", out, epochs=2, overrides=QUICK)
+
+
+def test_unknown_experiment():
+    with pytest.raises(VaelabError, match="unknown experiment"):
+        reproduce("seed-4d", "unused")
