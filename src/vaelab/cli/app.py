@@ -24,36 +24,17 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class Arch(str, Enum):
-    conv = "conv"
-    dense = "dense"
-    mlp = "mlp"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum typer can show as a choice; values mirror the config's allowed values."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Likelihood(str, Enum):
-    bernoulli = "bernoulli"
-    gaussian = "gaussian"
-
-
-class Prior(str, Enum):
-    standard = "standard"
-    correlated = "correlated"
-
-
-class Objective(str, Enum):
-    elbo = "elbo"
-    iwae = "iwae"
-
-
-class Binarize(str, Enum):
-    none = "none"
-    dynamic = "dynamic"
-    static = "static"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
+Arch = _choices("Arch", ("conv", "dense", "mlp"))
+Likelihood = _choices("Likelihood", ("bernoulli", "gaussian"))
+Prior = _choices("Prior", ("standard", "correlated"))
+Objective = _choices("Objective", ("elbo", "iwae"))
+Binarize = _choices("Binarize", ("none", "dynamic", "static"))
+Precision = _choices("Precision", ("fp32", "bf16"))
 
 
 def _default_out() -> Path:
@@ -82,23 +63,23 @@ def train(
         list[str] | None, typer.Option("--set", help="Override one key: section.key=value (repeatable).")
     ] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 30].")] = None,
-    latent_dim: Annotated[int | None, typer.Option("--latent-dim", help="Latent dimensions [default: 2].")] = None,
-    arch: Annotated[Arch | None, typer.Option(help="Encoder/decoder networks [default: conv].")] = None,
-    likelihood: Annotated[Likelihood | None, typer.Option(help="p(x|z) [default: bernoulli].")] = None,
-    prior: Annotated[Prior | None, typer.Option(help="p(z) [default: standard].")] = None,
-    objective: Annotated[Objective | None, typer.Option(help="Training bound [default: elbo].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: 30).")] = None,
+    latent_dim: Annotated[int | None, typer.Option("--latent-dim", help="Latent dimensions (default: 2).")] = None,
+    arch: Annotated[Arch | None, typer.Option(help="Encoder/decoder networks (default: conv).")] = None,
+    likelihood: Annotated[Likelihood | None, typer.Option(help="p(x|z) (default: bernoulli).")] = None,
+    prior: Annotated[Prior | None, typer.Option(help="p(z) (default: standard).")] = None,
+    objective: Annotated[Objective | None, typer.Option(help="Training bound (default: elbo).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Importance samples for --objective iwae.")] = None,
-    beta: Annotated[float | None, typer.Option(help="KL weight (beta-VAE) [default: 1].")] = None,
+    beta: Annotated[float | None, typer.Option(help="KL weight (beta-VAE) (default: 1).")] = None,
     dataset: Annotated[str | None, typer.Option(help="mnist, fashion-mnist, an IDX folder or an .npz file.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder searched first for data files.")] = None,
-    binarize: Annotated[Binarize | None, typer.Option(help="Binarisation of the images [default: none].")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 128]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate [default: 1e-3].")] = None,
-    seed: Annotated[int | None, typer.Option(help="The one seed of the run [default: 0].")] = None,
-    precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16 autocast [default: fp32].")] = None,
+    binarize: Annotated[Binarize | None, typer.Option(help="Binarisation of the images (default: none).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help=" (default: 128)")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: 1e-3).")] = None,
+    seed: Annotated[int | None, typer.Option(help="The one seed of the run (default: 0).")] = None,
+    precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16 autocast (default: fp32).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (0 = all cores).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N [default: cpu].")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cpu).")] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
 ) -> None:
     """Train a VAE. With no options: the study's experiment 1 (2-D conv VAE, MNIST, 30 epochs)."""
@@ -178,7 +159,7 @@ def plot(
     run_dir: RunDirArg = None,
     pretrained: PretrainedOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Figures folder [default: RUN_DIR/figures, or figures/NAME].")
+        Path | None, typer.Option("--out", "-o", help="Figures folder (default: RUN_DIR/figures, or figures/NAME).")
     ] = None,
 ) -> None:
     """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples..."""
@@ -212,7 +193,7 @@ def sample(
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many images.")] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="PNG path [default: RUN_DIR/figures/samples-N-seedS.png].")
+        Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/figures/samples-N-seedS.png).")
     ] = None,
 ) -> None:
     """Decode N draws from the prior into a PNG grid."""
