@@ -88,6 +88,9 @@ def train(
     ]
     from vaelab.config import RunConfig, apply_overrides
     from vaelab.train import Trainer
+    from vaelab.train.distributed import launched_rank
+
+    main = launched_rank() == 0  # under torchrun only rank 0 writes and reports
 
     if resume is not None:
         if options_given:
@@ -100,8 +103,10 @@ def train(
             if epochs < trainer.epoch:
                 raise VaelabError(f"{resume} has already trained {trainer.epoch} epochs; --epochs must be >= that")
             trainer.config.train.epochs = epochs
-            trainer.config.save(resume / "config.toml")
-        err_console.print(f"resuming {resume} after epoch {trainer.epoch}")
+            if main:
+                trainer.config.save(resume / "config.toml")
+        if main:
+            err_console.print(f"resuming {resume} after epoch {trainer.epoch}")
         out = resume
     else:
         config = RunConfig.load(config_file) if config_file else RunConfig()
@@ -128,13 +133,15 @@ def train(
         config = apply_overrides(config, overrides + list(set_ or []))
         out = out or _default_out()
         _check_fresh_out(out)
-        err_console.print(f"training into {out}")
+        if main:
+            err_console.print(f"training into {out}")
         trainer = Trainer(config, out, figures=not no_figures)
     test = trainer.fit()
-    console.print(
-        f"test: total {test['total']:.2f} = reconstruction {test['reconstruction']:.2f} + KL {test['kl']:.2f} "
-        f"nats per image; run written to {out}"
-    )
+    if test:  # rank 0 (the others return no test metrics)
+        console.print(
+            f"test: total {test['total']:.2f} = reconstruction {test['reconstruction']:.2f} + KL {test['kl']:.2f} "
+            f"nats per image; run written to {out}"
+        )
 
 
 def _model_dir(run_dir: Path | None, pretrained: str | None) -> Path:

@@ -11,7 +11,7 @@ what keeps the data path off the profile. Binarisation follows the literature:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -50,17 +50,39 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
-    def epoch(self, generator: torch.Generator | None = None, shuffle: bool = True) -> Iterator[torch.Tensor]:
-        """Float batches in [0, 1]; the generator drives the shuffle and the dynamic binarisation."""
+    def batch_sizes(self) -> list[int]:
+        """The size of every batch of an epoch, in order (the last may be smaller)."""
+        n = len(self.images)
+        return [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)]
+
+    def epoch(
+        self,
+        generator: torch.Generator | None = None,
+        shuffle: bool = True,
+        rows: Callable[[int], tuple[int, int]] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Float batches in [0, 1]; the generator drives the shuffle and the dynamic binarisation.
+
+        ``rows(n)`` (data-parallel training) gives the rows ``start:stop`` of each batch of ``n``
+        images that this process keeps: the batches are drawn exactly as without it (same shuffle,
+        same binarisation noise), then sliced.
+        """
         n = len(self.images)
         order = torch.randperm(n, generator=generator) if shuffle else None
         for start in range(0, n, self.batch_size):
-            index = (
-                order[start : start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
-            )
-            x = to_unit_float(self.images[index])
+            stop = min(start + self.batch_size, n)
+            index = order[start:stop] if order is not None else slice(start, stop)
             if self.binarize_each_batch:
-                x = torch.bernoulli(x, generator=generator)
+                # the noise is drawn for the whole batch, so every process's generator stays in step
+                x = torch.bernoulli(to_unit_float(self.images[index]), generator=generator)
+                if rows is not None:
+                    lo, hi = rows(stop - start)
+                    x = x[lo:hi]
+            else:
+                if rows is not None:
+                    lo, hi = rows(stop - start)
+                    index = order[start + lo : start + hi] if order is not None else slice(start + lo, start + hi)
+                x = to_unit_float(self.images[index])
             yield x
 
     def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

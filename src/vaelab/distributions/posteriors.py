@@ -33,7 +33,7 @@ class StudyCholeskySample(Independent):
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         mu = self.base_dist.loc
         eps = torch.randn(torch.Size(sample_shape) + mu.shape, dtype=mu.dtype, device=mu.device)
-        return mu + eps @ self.scale_tril.transpose(-1, -2)
+        return reparameterize(self, eps)
 
 
 class DiagonalGaussianStudySampling(DiagonalGaussian):
@@ -46,3 +46,26 @@ class DiagonalGaussianStudySampling(DiagonalGaussian):
     def forward(self, params: torch.Tensor) -> StudyCholeskySample:
         mu, log_var = params.chunk(2, dim=-1)
         return StudyCholeskySample(mu, torch.exp(0.5 * log_var), self.prior_scale_tril)
+
+
+def reparameterize(q: Independent, eps: torch.Tensor) -> torch.Tensor:
+    """The sample ``q.rsample`` makes from the standard normal noise ``eps`` (same shape as a sample)."""
+    if isinstance(q, StudyCholeskySample):
+        return q.base_dist.loc + eps @ q.scale_tril.transpose(-1, -2)
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        return q.base_dist.loc + eps * q.base_dist.scale
+    raise TypeError(f"no location-scale form known for {type(q).__name__}")
+
+
+def rsample_rows(q: Independent, sample_shape: torch.Size, rows: slice, total: int) -> torch.Tensor:
+    """``q.rsample(sample_shape)`` for the images ``rows`` of a batch of ``total`` images, when q holds
+    only those rows (one process of data-parallel training).
+
+    The noise of the whole batch is drawn, exactly as one process holding all ``total`` images would
+    draw it, and this process keeps its rows: every process's RNG stays in step with the
+    single-process run, and the images get the very noise they would get there.
+    """
+    loc = q.base_dist.loc
+    shape = torch.Size(sample_shape) + (total,) + loc.shape[-1:]
+    eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()  # as torch's Normal.rsample
+    return reparameterize(q, eps[..., rows, :])

@@ -6,6 +6,10 @@
 * :class:`IWAE` -- log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q (Burda et al. 2016).
 
 Reported ``total`` is always the negative bound itself (beta = 1), whatever is optimised.
+
+In data-parallel training each process holds a :class:`Shard` of the global batch; the objectives
+then draw the reparameterisation noise of the whole batch and keep their rows, so N processes
+compute exactly what one process would on the global batch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,30 @@ from dataclasses import dataclass
 import torch
 
 from vaelab.distributions.kl import kl_terms
+from vaelab.distributions.posteriors import rsample_rows
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows ``start:stop`` of a global batch of ``total`` images (data-parallel training)."""
+
+    start: int
+    stop: int
+    total: int
+
+    def rsample(self, q, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return rsample_rows(q, sample_shape, slice(self.start, self.stop), self.total)
+
+
+def _rsample(q, shard: Shard | None, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    return q.rsample(sample_shape) if shard is None else shard.rsample(q, sample_shape)
+
+
+def _no_images(x: torch.Tensor) -> Terms:
+    """The terms of an empty shard (a global batch smaller than the number of processes); its
+    noise has been drawn, so its RNG stays in step with the other processes'."""
+    empty = x.new_zeros(0)
+    return Terms(x.new_zeros(()), empty, empty, empty)
 
 
 @dataclass
@@ -40,9 +68,14 @@ class ELBO:
         self.beta = beta
         self.free_bits = free_bits
 
-    def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0) -> Terms:
+    def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
+        if shard is not None and self.free_bits > 0:
+            # the free-bits budget is a mean over the whole batch, which a shard does not see
+            raise ValueError("free bits are not supported with data-parallel training")
         q = model.q_z(x)
-        z = q.rsample()
+        z = _rsample(q, shard)
+        if not len(x):
+            return _no_images(x)
         reconstruction = -model.p_x(z).log_prob(x)
         kl, kl_per_dim = kl_and_sample(q, model.p_z(), z)
         penalised_kl = kl
@@ -62,9 +95,11 @@ class IWAE:
     def __init__(self, k: int) -> None:
         self.k = k
 
-    def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0) -> Terms:
+    def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
         q = model.q_z(x)
-        z = q.rsample((self.k,))  # k x B x d
+        z = _rsample(q, shard, torch.Size((self.k,)))  # k x B x d
+        if not len(x):
+            return _no_images(x)
         log_px_z = model.p_x(z).log_prob(x)
         log_w = log_px_z + model.p_z().log_prob(z) - q.log_prob(z)
         bound = torch.logsumexp(log_w, 0) - math.log(self.k)

@@ -6,30 +6,52 @@ from contextlib import nullcontext
 
 import torch
 
-from vaelab.model.objectives import Terms
+from vaelab.model.objectives import Shard, Terms
+from vaelab.train.distributed import World
 
 
 class TrainStep:
-    """objective -> backward -> optimiser update, under bf16 autocast if asked."""
+    """objective -> backward -> optimiser update, under bf16 autocast if asked.
+
+    With a ``world`` of several processes each step sees this process's ``shard`` of the global
+    batch: its loss is weighted by its share of the global batch and the gradients are summed over
+    the processes, which gives the gradient of the global batch's mean loss.
+    """
 
     def __init__(
-        self, model, objective, optimizer: torch.optim.Optimizer, precision: str = "fp32", device_type: str = "cpu"
+        self,
+        model,
+        objective,
+        optimizer: torch.optim.Optimizer,
+        precision: str = "fp32",
+        device_type: str = "cpu",
+        world: World | None = None,
     ):
         self.model = model
         self.objective = objective
         self.optimizer = optimizer
         self.precision = precision
         self.device_type = device_type
+        self.world = world or World()
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
 
     def autocast(self):
         if self.precision == "bf16":
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def __call__(self, x: torch.Tensor, kl_weight: float = 1.0) -> Terms:
+    def __call__(self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
         with self.autocast():
-            terms = self.objective(self.model, x, kl_weight=kl_weight)
+            if shard is None:
+                terms = self.objective(self.model, x, kl_weight=kl_weight)
+            else:
+                terms = self.objective(self.model, x, kl_weight=kl_weight, shard=shard)
         self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        if shard is None:
+            terms.loss.backward()
+        elif len(x):
+            (terms.loss * (len(x) / shard.total)).backward()
+        if self.world.distributed:
+            self.world.sum_gradients(self.parameters)
         self.optimizer.step()
         return terms
