@@ -69,3 +69,25 @@ def test_a_finished_run_is_reused_and_a_different_config_refused(reproduced):
 def test_unknown_experiment():
     with pytest.raises(VaelabError, match="unknown experiment"):
         reproduce("seed-4d", "unused")
+
+
+def test_burda_schedule_stages_and_rates():
+    from vaelab.train.schedule import burda_stage, learning_rate
+
+    stages = [burda_stage(e, 3280) for e in range(3280)]
+    assert [stages.count(i) for i in range(8)] == [3**i for i in range(8)]  # the paper's 1, 3, 9, ... 2187 epochs
+    assert learning_rate("burda", 1e-3, 0, 3280) == 1e-3
+    assert abs(learning_rate("burda", 1e-3, 3279, 3280) - 1e-4) < 1e-12
+    assert learning_rate("constant", 1e-3, 3279, 3280) == 1e-3
+    compressed = [burda_stage(e, 1100) for e in range(1100)]
+    assert compressed == sorted(compressed) and compressed[-1] == 7
+
+
+def test_burda_reproduction_reports_the_nll_beside_the_paper(tmp_path):
+    results = reproduce("burda-vae", tmp_path, epochs=2, overrides=["data.train_limit=500", "data.test_limit=5"])
+    test = results[0]["test"]
+    assert test["k"] == 5000 and 0 < test["nll"] <= test["total"] + 1.0  # log p(x) >= ELBO, up to noise
+    records = [json.loads(line) for line in (tmp_path / "burda-vae" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if r["split"] == "train"] == [1e-3 * 10 ** (-6 / 7), 1e-4]
+    report = (tmp_path / "burda-vae" / "report.md").read_text()
+    assert "the paper reports 86.76" in report

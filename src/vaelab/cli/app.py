@@ -329,7 +329,7 @@ def _print_evaluation(name: str, result: dict, written_to: Path | None) -> None:
 @app.command()
 def reproduce(
     name: Annotated[
-        str, typer.Argument(help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling.")
+        str, typer.Argument(help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling, burda-vae, burda-iwae.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run directories.")] = Path("runs"),
     epochs: Annotated[

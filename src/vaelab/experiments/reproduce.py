@@ -109,8 +109,34 @@ def run_experiment(
         "latent_variance": analysis["latent_variance"],
         "figures": [str(p.relative_to(run_dir)) for p in figures],
     }
+    if experiment.nll_k:
+        from vaelab.eval import estimate_log_likelihood
+
+        console.print(
+            f"{name}: importance-weighted NLL on {len(test_split.images)} test images, k = {experiment.nll_k}"
+        )
+        estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k)
+        result["test"].update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
+        with open(run_dir / "report.md", "a", encoding="utf-8") as handle:
+            handle.write(nll_section(result))
     atomic_write_json(run_dir / "results.json", result)
     return result
+
+
+def nll_section(result: dict[str, Any]) -> str:
+    t, published = result["test"], result["published"].get("nll")
+    lines = [
+        "",
+        f"## Test log-likelihood (importance sampling, k = {t['k']})",
+        "",
+        f"NLL = {t['nll']:.2f} ± {t['nll_stderr']:.2f} nats per image ({t['bits_per_dim']:.4f} bits/dim)",
+    ]
+    if published is not None:
+        lines.append(
+            f"; the paper reports {published:.2f} ({t['nll'] - published:+.2f} nats, "
+            f"{'within' if abs(t['nll'] - published) <= 1.5 else 'outside'} the 1.5-nat target)."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def reproduce(
