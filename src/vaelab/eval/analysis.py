@@ -96,8 +96,12 @@ def posterior_collapse(
 
 
 def silhouette(means: torch.Tensor, labels: torch.Tensor) -> float:
+    """Silhouette of the classes; NaN where it is undefined (fewer than 2 classes, or a class per image)."""
     from sklearn.metrics import silhouette_score
 
+    classes = len(torch.unique(labels))
+    if not 2 <= classes <= len(labels) - 1:
+        return float("nan")
     return float(silhouette_score(means.numpy().astype(np.float64), labels.numpy()))
 
 
