@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from vaelab.allocator import retain_freed_memory
 from vaelab.data.batches import Batches
 from vaelab.errors import VaelabError
 from vaelab.model.vae import VAE
@@ -141,6 +142,7 @@ def estimate_log_likelihood(
     untouched). The model runs in eval mode under no_grad, and its train/eval mode is restored.
     """
     _check_counts(k, sample_batch)
+    retain_freed_memory()  # each chunk's decoder activations reuse the previous chunk's memory
     iterable = batches.epoch(shuffle=False) if isinstance(batches, Batches) else batches
     device = _model_device(model)
     values: list[torch.Tensor] = []

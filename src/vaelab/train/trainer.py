@@ -36,6 +36,7 @@ from rich.progress import (
 )
 
 import vaelab
+from vaelab.allocator import retain_freed_memory
 from vaelab.config import RunConfig
 from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
@@ -96,6 +97,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.console = console or Console(stderr=True, soft_wrap=True)
         self.figures = figures
+        retain_freed_memory()  # reuse freed activations instead of faulting in fresh pages every step
         train = config.train
         if train.threads:
             torch.set_num_threads(train.threads)
