@@ -17,6 +17,7 @@ from vaelab.config import RunConfig, apply_overrides
 from vaelab.data import Batches, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval import latent_analysis
+from vaelab.eval.analysis import ACTIVE_UNIT_THRESHOLD
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
 from vaelab.io import atomic_write_json, atomic_write_text
 from vaelab.model import load_model
@@ -184,6 +185,15 @@ def comparison_paragraph(results: list[dict[str, Any]]) -> str:
             if r not in beaten
         )
         parts.append(f"Not every model matches the study: {missed} nats against its table.")
+    for r in results:
+        dims, active = len(r["latent_variance"]), r["analysis"]["active_units"]
+        if active < dims:
+            inactive = [f"z{j}" for j, v in enumerate(r["latent_variance"]) if v <= ACTIVE_UNIT_THRESHOLD]
+            parts.append(
+                f"{r['experiment']} uses only {active} of its {dims} latent dimensions: "
+                f"{', '.join(inactive)} collapsed to the prior (Cov_x(E_q[z_j]) <= {ACTIVE_UNIT_THRESHOLD}), "
+                "so its figures vary little along that axis and its loss gains little from the extra dimension."
+            )
     by_knn = sorted(results, key=lambda r: -r["analysis"]["knn5_accuracy"])
     parts.append(
         f"The latent means of {by_knn[0]['experiment']} separate the digits best "
