@@ -39,3 +39,39 @@ def test_in_place_relus_give_the_same_loss_and_gradients(config):
     torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _plain_torch_layers(model: nn.Module) -> nn.Module:
+    """The same model with torch's own forward for every conv layer (bias inside the convolution)."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        for cls in (nn.ConvTranspose2d, nn.Conv2d):
+            if isinstance(module, cls):
+                module.forward = cls.forward.__get__(module)
+                break
+    return plain
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_conv_layers_compute_what_torchs_layers_compute(likelihood):
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(likelihood=likelihood, prior="correlated"), (1, 28, 28))
+    x = torch.rand(6, 1, 28, 28)
+    loss, grads = _grads(model, x, seed=2)
+    plain_loss, plain_grads = _grads(_plain_torch_layers(model), x, seed=2)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=1e-4)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    # parameter names are torch's (the safetensors keys of saved models)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in _plain_torch_layers(model).named_parameters()]
+
+
+def test_conv_layers_under_bf16_autocast_keep_fp32_parameters_and_gradients():
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(), (1, 28, 28))
+    x = torch.rand(6, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ELBO()(model, x).loss
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(loss)

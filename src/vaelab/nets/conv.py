@@ -17,6 +17,7 @@ as in the study.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vaelab.errors import VaelabError
@@ -42,6 +43,38 @@ def _check_divisible(image_shape: tuple[int, int, int]) -> None:
         raise VaelabError(f"the conv architecture needs height and width divisible by 4, got {h}x{w}")
 
 
+def _add_bias_(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # in the output's dtype (bf16 under autocast), as oneDNN would add it
+    return out if bias is None else out.add_(bias.to(out.dtype).view(1, -1, 1, 1))
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d with the bias added apart from oneDNN's convolution (same parameters, same result).
+
+    oneDNN computes the bias gradient inside its weight-gradient pass, slowly: the backward pass of the
+    study's convolutions takes up to 40% longer with it in bf16 and up to 15% in fp32 (measured
+    here), while summing the output gradient over batch and pixels costs ~0.1 ms. The add runs in
+    place on the fresh convolution output, which nothing else reads.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_forward(x, self.weight, None)
+        return _add_bias_(out, self.bias)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with the bias added apart, as :class:`Conv2d`."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        out = F.conv_transpose2d(
+            x, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation
+        )
+        return _add_bias_(out, self.bias)
+
+
 class UnflattenChannelsLast(nn.Unflatten):
     """Unflatten into an NCHW shape with NHWC memory. A subclass, not an extra module, so the
     parameter names (the safetensors keys of saved models) stay those of the plain network."""
@@ -56,9 +89,9 @@ class ConvEncoder(nn.Module):
         _check_divisible(image_shape)
         c, h, w = image_shape
         self.net = nn.Sequential(
-            nn.Conv2d(c, 32, 3, stride=2, padding=1),
+            Conv2d(c, 32, 3, stride=2, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            Conv2d(32, 64, 3, stride=2, padding=1),
             nn.ReLU(inplace=True),
             nn.Flatten(),
             nn.Linear(64 * (h // 4) * (w // 4), 16),
@@ -81,11 +114,11 @@ class ConvDecoder(nn.Module):
             nn.Linear(latent_dim, 64 * (h // 4) * (w // 4)),
             nn.ReLU(inplace=True),
             UnflattenChannelsLast(1, (64, h // 4, w // 4)),
-            nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),
+            ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
+            ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(32, out_channels, 3, stride=1, padding=1),
+            ConvTranspose2d(32, out_channels, 3, stride=1, padding=1),
         )
         keras_init(self)
         self.to(memory_format=torch.channels_last)
