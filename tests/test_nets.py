@@ -75,3 +75,36 @@ def test_conv_layers_under_bf16_autocast_keep_fp32_parameters_and_gradients():
     loss.backward()
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(prior="correlated", prior_sampling="study")])
+def test_mixed_precision_runs_the_networks_in_bf16_and_the_probability_in_fp32(config):
+    torch.manual_seed(0)
+    model = build_vae(config, (1, 28, 28))
+    x = torch.rand(6, 1, 28, 28)
+    seen = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+    ]
+    torch.manual_seed(1)
+    with model.networks_in(torch.bfloat16):
+        q = model.q_z(x)
+        z = q.rsample()
+        terms = ELBO()(model, x)
+    for h in hooks:
+        h.remove()
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)
+    assert model.network_dtype is None  # restored
+    assert q.base_dist.loc.dtype == z.dtype == torch.float32
+    assert all(t.dtype == torch.float32 for t in (terms.loss, terms.total, terms.reconstruction, terms.kl))
+    torch.manual_seed(1)
+    z32 = model.q_z(x).rsample()  # the same noise as in fp32: drawn in fp32 from the same stream
+    torch.testing.assert_close(z, z32, rtol=0.05, atol=0.05)
+    torch.manual_seed(2)
+    full = ELBO()(model, x).total
+    torch.manual_seed(2)
+    with model.networks_in(torch.bfloat16):
+        mixed = ELBO()(model, x).total
+    torch.testing.assert_close(mixed, full, rtol=0.02, atol=0.5)

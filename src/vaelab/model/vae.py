@@ -1,9 +1,16 @@
 """The VAE: encoder -> posterior family q(z|x), prior p(z), decoder -> likelihood p(x|z).
 
 The class only composes the five pieces; what is optimised lives in ``objectives``.
+
+Mixed precision (``with model.networks_in(torch.bfloat16):``) runs the encoder and decoder under
+autocast and hands their outputs on in fp32: posterior, prior, likelihood, sampling noise, the
+losses and the KL are computed in fp32 whatever the networks' precision.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -29,10 +36,27 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
+        self.network_dtype: torch.dtype | None = None  # None: the networks run in fp32
+
+    @contextmanager
+    def networks_in(self, dtype: torch.dtype | None) -> Iterator[VAE]:
+        """Run the encoder and decoder under autocast to ``dtype`` (None: full precision) meanwhile."""
+        saved, self.network_dtype = self.network_dtype, dtype
+        try:
+            yield self
+        finally:
+            self.network_dtype = saved
+
+    def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.network_dtype is None:
+            return net(x)
+        with torch.autocast(x.device.type, dtype=self.network_dtype):
+            out = net(x)
+        return out.float()
 
     def q_z(self, x: torch.Tensor) -> Distribution:
         """The approximate posterior q(z | x) for a batch of images."""
-        return self.posterior(self.encoder(x))
+        return self.posterior(self._run(self.encoder, x))
 
     def p_z(self) -> Distribution:
         return self.prior()
@@ -40,7 +64,7 @@ class VAE(nn.Module):
     def p_x(self, z: torch.Tensor) -> Distribution:
         """p(x | z); ``z`` may carry leading sample dimensions (S x B x d), which are kept."""
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        out = self._run(self.decoder, z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
     @torch.no_grad()

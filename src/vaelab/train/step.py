@@ -11,7 +11,8 @@ from vaelab.train.distributed import World
 
 
 class TrainStep:
-    """objective -> backward -> optimiser update, under bf16 autocast if asked.
+    """objective -> backward -> optimiser update; with ``precision="bf16"`` the networks run under
+    bf16 autocast while the distributions, losses and KL stay fp32 (``VAE.networks_in``).
 
     With a ``world`` of several processes each step sees this process's ``shard`` of the global
     batch: its loss is weighted by its share of the global batch and the gradients are summed over
@@ -37,7 +38,7 @@ class TrainStep:
 
     def autocast(self):
         if self.precision == "bf16":
-            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+            return self.model.networks_in(torch.bfloat16)
         return nullcontext()
 
     def __call__(self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
