@@ -102,7 +102,7 @@ def run_experiment(
         "title": experiment.title,
         "run_dir": str(run_dir),
         "epochs": config.train.epochs,
-        "modified": bool(overrides) or epochs is not None,
+        "modified": _comparable(config) != _comparable(experiment.make_config()),
         "train_seconds": train_seconds,
         "test": {k: test[k] for k in ("total", "reconstruction", "kl")},
         "published": experiment.published,
