@@ -33,9 +33,11 @@ class DataConfig:
     validation_size: int = 5000  # the last N training images form the validation split
     train_limit: int = 0  # use only the first N training images (0 = all); for quick trials and tests
     test_limit: int = 0  # evaluate on only the first N test images (0 = all)
+    mmap: str = "auto"  # images from disk via numpy.memmap: auto (raw files >= 1 GiB) | always | never
 
     def validate(self) -> None:
         _one_of("data.binarize", self.binarize, ("none", "dynamic", "static"))
+        _one_of("data.mmap", self.mmap, ("auto", "always", "never"))
         _at_least("data.validation_size", self.validation_size, 0)
         _at_least("data.train_limit", self.train_limit, 0)
         _at_least("data.test_limit", self.test_limit, 0)

@@ -22,11 +22,18 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def binarize_fixed(x: torch.Tensor, seed: int = FIXED_BINARIZATION_SEED) -> torch.Tensor:
-    """A Bernoulli sample of uint8 images with a fixed seed, returned as uint8 0/255."""
+def binarize_fixed(x: torch.Tensor, seed: int = FIXED_BINARIZATION_SEED, chunk: int = 10_000) -> torch.Tensor:
+    """A Bernoulli sample of uint8 images with a fixed seed, returned as uint8 0/255.
+
+    Drawn ``chunk`` images at a time (the draws do not depend on the chunking), so no float copy of a
+    whole split is ever made.
+    """
     generator = torch.Generator().manual_seed(seed)
-    sample = torch.bernoulli(to_unit_float(x), generator=generator)
-    return sample.to(torch.uint8).mul_(255)
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    for start in range(0, len(x), chunk):
+        sample = torch.bernoulli(to_unit_float(x[start : start + chunk]), generator=generator)
+        out[start : start + chunk] = sample.to(torch.uint8).mul_(255)
+    return out
 
 
 class Batches:

@@ -3,7 +3,13 @@
 ``load_dataset("mnist")`` reads the copy shipped inside the package; ``"fashion-mnist"`` is looked
 for in ``data_dir``, ``$VAELAB_DATA``, Debian's ``/usr/share/datasets/fashion-mnist`` and the user
 cache, then downloaded from the official mirror. A folder of IDX files or an ``.npz`` file can be
-registered under a name, or passed directly as the data set's name.
+registered under a name, or passed directly as the data set's name; so can a folder holding
+``x_train.npy``, ``y_train.npy``, ``x_test.npy`` and ``y_test.npy``.
+
+Data sets larger than memory: uncompressed IDX files and ``.npy`` files of uint8 images can be used
+through ``numpy.memmap`` (``load_dataset(..., mmap=True)``, ``data.mmap = "always"``, and by default
+for files of at least 1 GiB). The images then stay on disk; batches are built by the same indexing,
+which reads only the rows of each batch (the labels are read into memory).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.data.idx import read_idx
+from vaelab.data.idx import is_raw_idx, memmap_idx, read_idx
 from vaelab.data.sources import (
     SPLIT_FILES,
     RemoteFiles,
@@ -49,6 +56,20 @@ FASHION_MNIST_FILES = RemoteFiles(
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
 )
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+NPY_FILES = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
+
+# Memory-map raw files at least this big when the caller leaves it to us (mmap=None).
+MMAP_AUTO_BYTES = 1 << 30
+# The loading policy of the load_dataset call in progress: True, False, or None (by size).
+_MMAP: ContextVar[bool | None] = ContextVar("vaelab_mmap", default=None)
+
+
+def _memory_map(path: Path, raw: bool) -> bool:
+    """Whether to memory-map ``path`` (a raw file, if ``raw``) under the current policy."""
+    policy = _MMAP.get()
+    if not raw or policy is False:
+        return False
+    return policy is True or path.stat().st_size >= MMAP_AUTO_BYTES
 
 
 @dataclass
@@ -62,6 +83,7 @@ class ImageDataset:
     y_test: torch.Tensor
     source: str
     class_names: tuple[str, ...] = ()
+    memory_mapped: bool = False  # images read from disk on demand (numpy.memmap), not held in memory
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -144,19 +166,30 @@ def registered_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
-    """A registered data set by name, or a folder of IDX files / an ``.npz`` file by path."""
+def load_dataset(name: str, data_dir: str | Path | None = None, mmap: bool | None = None) -> ImageDataset:
+    """A registered data set by name, or a folder of IDX or ``.npy`` files / an ``.npz`` file by path.
+
+    ``mmap``: True memory-maps every uncompressed IDX / ``.npy`` image file (gzip and ``.npz`` are
+    read into memory), False reads everything into memory, None (default) maps files of at least
+    ``MMAP_AUTO_BYTES``.
+    """
     data_dir = Path(data_dir) if data_dir else None
-    if name in _REGISTRY:
-        return _REGISTRY[name].load(data_dir)
-    path = Path(name).expanduser()
-    if path.suffix == ".npz":
-        return load_npz(path, path.stem)
-    if path.is_dir():
-        return load_idx_folder(path, path.name)
+    token = _MMAP.set(mmap)
+    try:
+        if name in _REGISTRY:
+            return _REGISTRY[name].load(data_dir)
+        path = Path(name).expanduser()
+        if path.suffix == ".npz":
+            return load_npz(path, path.stem)
+        if path.is_dir():
+            if not folder_has_idx_set(path) and all((path / f).is_file() for f in NPY_FILES):
+                return load_npy_folder(path, path.name)
+            return load_idx_folder(path, path.name)
+    finally:
+        _MMAP.reset(token)
     raise VaelabError(
-        f"unknown data set {name!r}: use one of {', '.join(_REGISTRY)}, a folder of IDX files, or an .npz file "
-        "holding x_train, y_train, x_test, y_test"
+        f"unknown data set {name!r}: use one of {', '.join(_REGISTRY)}, a folder of IDX files or of "
+        f"{', '.join(NPY_FILES)}, or an .npz file holding x_train, y_train, x_test, y_test"
     )
 
 
@@ -184,9 +217,26 @@ def load_idx_folder(
             raise VaelabError(f"{folder} lacks {file_name} (or {file_name}.gz), one of the four IDX files of {name}")
         if md5:
             verify_md5(path, md5[file_name])
-        arrays.append(read_idx(path))
+        images = "images" in file_name
+        arrays.append(memmap_idx(path) if images and _memory_map(path, is_raw_idx(path)) else read_idx(path))
     x_train, y_train, x_test, y_test = arrays
     return _from_arrays(name, x_train, y_train, x_test, y_test, source or str(folder), class_names)
+
+
+def load_npy_folder(folder: Path, name: str) -> ImageDataset:
+    """x_train.npy, y_train.npy, x_test.npy, y_test.npy (images memory-mapped under the mmap policy)."""
+    folder = Path(folder)
+    arrays = []
+    for file_name in NPY_FILES:
+        path = folder / file_name
+        mapped = file_name.startswith("x_") and _memory_map(path, raw=True)
+        try:
+            arrays.append(np.load(path, mmap_mode="c" if mapped else None, allow_pickle=False))
+        except FileNotFoundError:
+            raise VaelabError(f"{folder} lacks {file_name}, one of the four .npy files of {name}") from None
+        except (OSError, ValueError) as err:
+            raise VaelabError(f"{path} is not a readable .npy file ({err})") from None
+    return _from_arrays(name, *arrays, source=str(folder), class_names=())
 
 
 def load_npz(path: Path, name: str) -> ImageDataset:
@@ -215,12 +265,22 @@ def _from_arrays(name, x_train, y_train, x_test, y_test, source, class_names) ->
         y_test=_labels(y_test, name, "y_test"),
         source=source,
         class_names=tuple(class_names),
+        memory_mapped=isinstance(x_train, np.memmap),
     )
 
 
 def _images(array: np.ndarray, name: str, key: str) -> torch.Tensor:
-    """N x H x W, N x H x W x C (C in 1, 3) or N x C x H x W; uint8, or floats in [0, 1]."""
+    """N x H x W, N x H x W x C (C in 1, 3) or N x C x H x W; uint8, or floats in [0, 1].
+
+    A memory-mapped array stays on disk: the tensor is a view of the mapping (uint8 only).
+    """
+    mapped = isinstance(array, np.memmap)
     array = np.asarray(array)
+    if mapped and array.dtype != np.uint8:
+        raise VaelabError(
+            f"{name}: {key} is memory-mapped but holds {array.dtype}; only uint8 images can be used from disk "
+            "(convert the file to uint8, or load it into memory with mmap=False / data.mmap = 'never')"
+        )
     if array.ndim == 3:
         array = array[:, None]
     elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
@@ -231,6 +291,8 @@ def _images(array: np.ndarray, name: str, key: str) -> torch.Tensor:
         if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
             raise VaelabError(f"{name}: {key} must be uint8 or floats in [0, 1], got {array.dtype}")
         array = np.rint(array * 255)
+    if mapped:
+        return torch.from_numpy(array)  # a (possibly strided) view of the copy-on-write mapping
     return torch.from_numpy(np.array(array, dtype=np.uint8, order="C"))  # a writable copy
 
 

@@ -63,7 +63,8 @@ def environment() -> dict[str, str]:
 
 def make_batches(config: RunConfig) -> tuple[ImageDataset, dict[str, Batches | None]]:
     """The data set and its train / validation / test batches, exactly as a run of ``config`` uses them."""
-    dataset = load_dataset(config.data.name, config.data.data_dir or None)
+    mmap = {"auto": None, "always": True, "never": False}[config.data.mmap]
+    dataset = load_dataset(config.data.name, config.data.data_dir or None, mmap=mmap)
     splits = dataset.splits(config.data.validation_size, config.data.train_limit, config.data.test_limit)
     binarize, train = config.data.binarize, config.train
     batches: dict[str, Batches | None] = {
