@@ -71,7 +71,7 @@ def train(
     objective: Annotated[Objective | None, typer.Option(help="Training bound (default: elbo).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Importance samples for --objective iwae.")] = None,
     beta: Annotated[float | None, typer.Option(help="KL weight (beta-VAE) (default: 1).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="mnist, fashion-mnist, a folder of IDX or .npy files, or an .npz file.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="mnist, fashion-mnist, an IDX or .npy folder, or an .npz file.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder searched first for data files.")] = None,
     binarize: Annotated[Binarize | None, typer.Option(help="Binarisation of the images (default: none).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help=" (default: 128)")] = None,
