@@ -109,6 +109,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N (batches are built on the CPU and moved per step)
     lr_schedule: str = "constant"  # constant | burda (8 stages of 3^i epochs, lr * 10^(-i/7), compressed to epochs)
     adam_eps: float = 1e-8  # Burda et al. used 1e-4
+    compile: bool = False  # torch.compile the loss (forward + backward graph); costs compile time up front
 
     def validate(self) -> None:
         _at_least("train.epochs", self.epochs, 1)

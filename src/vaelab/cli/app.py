@@ -388,11 +388,12 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer steps (a smoke run, noisier numbers).")] = False,
     memory: Annotated[bool, typer.Option(help="Also measure peak memory of a real training run (~1 min).")] = True,
+    compile: Annotated[bool, typer.Option(help="Also time fp32 training with train.compile = true.")] = True,
 ) -> None:
     """Measure training/sampling/NLL throughput, as images/s and as a fraction of the matmul peak."""
     from vaelab.bench import suite
 
-    results = suite.run(quick=quick, memory=memory)
+    results = suite.run(quick=quick, memory=memory, compile=compile)
     if as_json:
         print(suite.to_json(results))
     else:
