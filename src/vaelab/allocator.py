@@ -3,8 +3,9 @@
 PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a large block (a 128 x 32 x
 28 x 28 activation is 12.8 MB) with a fresh ``mmap`` or trims the top of its heap when such a block
 is freed, so the next step's allocation of the same size starts from zeroed pages again: about
-10,000 page faults per training step of the conv VAE at batch 128, ~40% of its step time, measured
-with ``vaelab bench`` on a 2-core machine (dense and MLP models lose 25-40% the same way).
+9,500 page faults per training step of the conv VAE at batch 128. Without them the conv VAE trains
+30-50% faster here (fp32, fresh processes alternated on a 2-core machine); the dense and MLP models,
+whose activations are small, were not measurably affected.
 
 Raising glibc's mmap and trim thresholds makes ``free`` keep those blocks for the next step. The
 process's resident memory then stays at its peak instead of breathing, which is what a training
