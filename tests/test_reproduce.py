@@ -83,6 +83,14 @@ def test_burda_schedule_stages_and_rates():
     assert compressed == sorted(compressed) and compressed[-1] == 7
 
 
+def test_even_burda_schedule_gives_each_rate_an_equal_share():
+    from vaelab.train.schedule import learning_rate
+
+    rates = [learning_rate("burda-even", 1e-3, e, 160) for e in range(160)]
+    assert [rates.count(r) for r in dict.fromkeys(rates)] == [20] * 8
+    assert rates[0] == 1e-3 and abs(rates[-1] - 1e-4) < 1e-12 and rates == sorted(rates, reverse=True)
+
+
 def test_burda_reproduction_reports_the_nll_beside_the_paper(tmp_path):
     results = reproduce("burda-vae", tmp_path, epochs=2, overrides=["data.train_limit=500", "data.test_limit=5"])
     test = results[0]["test"]

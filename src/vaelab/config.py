@@ -107,7 +107,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
     eval_batch_size: int = 1000
     device: str = "cpu"  # cpu | cuda | cuda:N (batches are built on the CPU and moved per step)
-    lr_schedule: str = "constant"  # constant | burda (8 stages of 3^i epochs, lr * 10^(-i/7), compressed to epochs)
+    lr_schedule: str = "constant"  # constant | burda (8 stages of 3^i epochs, lr * 10^(-i/7), compressed to epochs) | burda-even (the same 8 rates, stages of equal length)
     adam_eps: float = 1e-8  # Burda et al. used 1e-4
     compile: bool = False  # torch.compile the loss (forward + backward graph); costs compile time up front
 
@@ -120,7 +120,7 @@ class TrainConfig:
         _at_least("train.seed", self.seed, 0)
         _one_of("train.precision", self.precision, ("fp32", "bf16"))
         _at_least("train.threads", self.threads, 0)
-        _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda"))
+        _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

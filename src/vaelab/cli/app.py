@@ -345,18 +345,28 @@ def reproduce(
 
     results = run(name, out, epochs, console=err_console, overrides=set_)
     table = Table(title=f"vaelab reproduce {name}: test set, nats per image")
-    for column in ("experiment", "study total", "our total", "recon", "KL", "kNN-5", "silhouette", "active"):
+    columns = ("experiment", "published", "ours", "-ELBO", "recon", "KL", "kNN-5", "silhouette", "active", "train")
+    for column in columns:
         table.add_column(column, justify="right")
     for r in results:
+        published, test = r["published"], r["test"]
+        if "nll" in test:  # the literature compares log-likelihoods (Burda et al.)
+            theirs = f"NLL {published['nll']:.2f}" if "nll" in published else ""
+            ours = f"NLL {test['nll']:.2f} ± {test['nll_stderr']:.2f}"
+        else:
+            theirs = f"~{published['total']:.0f}" if "total" in published else ""
+            ours = f"{test['total']:.2f}"
         table.add_row(
             r["experiment"],
-            f"~{r['published'].get('total', float('nan')):.0f}",
-            f"{r['test']['total']:.2f}",
-            f"{r['test']['reconstruction']:.2f}",
-            f"{r['test']['kl']:.2f}",
+            theirs,
+            ours,
+            f"{test['total']:.2f}",
+            f"{test['reconstruction']:.2f}",
+            f"{test['kl']:.2f}",
             f"{100 * r['analysis']['knn5_accuracy']:.1f}%",
             f"{r['analysis']['silhouette']:.3f}",
             str(r["analysis"]["active_units"]),
+            f"{r['train_seconds'] / 60:.0f} min",
         )
     console.print(table)
     if name in GROUPS:

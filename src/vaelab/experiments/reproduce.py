@@ -133,7 +133,7 @@ def nll_section(result: dict[str, Any]) -> str:
         f"NLL = {t['nll']:.2f} ± {t['nll_stderr']:.2f} nats per image ({t['bits_per_dim']:.4f} bits/dim)",
     ]
     if published is not None:
-        lines.append(
+        lines[-1] += (
             f"; the paper reports {published:.2f} ({t['nll'] - published:+.2f} nats, "
             f"{'within' if abs(t['nll'] - published) <= 1.5 else 'outside'} the 1.5-nat target)."
         )

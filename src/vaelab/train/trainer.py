@@ -354,7 +354,8 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
         f"- data: {config.data.name} (binarisation: {config.data.binarize}, validation: last {config.data.validation_size} training images)",
         f"- model: {m.arch}, latent dim {m.latent_dim}, prior {m.prior}, likelihood {m.likelihood}, posterior {m.posterior}",
         f"- objective: {config.objective.name} (beta {config.objective.beta}, k {config.objective.k})",
-        f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr}, seed {t.seed}, precision {t.precision}",
+        f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr} (schedule {t.lr_schedule}, eps {t.adam_eps:g}), "
+        f"seed {t.seed}, precision {t.precision}" + (", compiled" if t.compile else ""),
     ]
     if train_rows:
         seconds = sum(r["seconds"] for r in train_rows)
