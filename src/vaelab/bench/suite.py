@@ -56,13 +56,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 9) -> float:
 def steady_rate(step, batches: Batches, steps: int, warmup: int, windows: int = 5) -> tuple[float, float]:
     """(images per second: the best of ``windows`` windows of ``steps // windows`` steps after
     ``warmup`` steps, seconds taken by the warm-up steps)."""
-    generator = torch.Generator().manual_seed(0)
-
-    def stream():
-        while True:
-            yield from batches.epoch(generator)
-
-    xs = stream()
+    xs = _forever(batches, torch.Generator().manual_seed(0))
     start = time.perf_counter()
     for _ in range(warmup):
         step(next(xs))
@@ -96,6 +90,42 @@ def vaelab_train_throughput(
     flops = training_flops_per_image(model, images[:2].float() / 255, lambda x: model.p_x(model.q_z(x).rsample()))
     rate, warmup_seconds = steady_rate(step, Batches(images, batch_size=128, training=True), steps, warmup)
     return rate, flops, warmup_seconds
+
+
+def step_breakdown(model_config: ModelConfig, images: torch.Tensor, steps: int = 30, warmup: int = 5) -> dict[str, float]:
+    """Milliseconds per fp32 training step (batch 128) in the forward pass (the loss), the backward
+    pass and the optimiser update, each the best of three windows of ``steps`` steps. Set beside
+    the time the layers' FLOPs take at the peak, it says which part of a step holds a model back."""
+    torch.manual_seed(0)
+    model = build_vae(model_config, (1, 28, 28))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    objective = make_objective("elbo")
+    generator = torch.Generator().manual_seed(0)
+    batches = Batches(images, batch_size=128, training=True)
+    xs = [x for _, x in zip(range(steps + warmup), _forever(batches, generator))]
+    timings: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    for window in range(4):  # the first window warms up
+        spent = dict.fromkeys(timings, 0.0)
+        for x in xs[:warmup] if window == 0 else xs[warmup:]:
+            t0 = time.perf_counter()
+            loss = objective(model, x).loss
+            t1 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = time.perf_counter()
+            optimizer.step()
+            t3 = time.perf_counter()
+            for key, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2)):
+                spent[key] += seconds
+        if window:
+            for key in timings:
+                timings[key].append(1000 * spent[key] / steps)
+    return {key: min(values) for key, values in timings.items()}
+
+
+def _forever(batches: Batches, generator: torch.Generator):
+    while True:
+        yield from batches.epoch(generator)
 
 
 def sampling_throughput(model_config: ModelConfig, n: int = 10_000) -> float:
@@ -163,6 +193,7 @@ def run(quick: bool = False, memory: bool = True, compile: bool = True) -> dict[
         rates[name] = {p: vaelab_train_throughput(config, images, steps, warmup, p) for p in ("fp32", "bf16")}
         if compile:  # train.compile = true
             rates[name]["fp32_compiled"] = vaelab_train_throughput(config, images, steps, warmup, "fp32", compile=True)
+    breakdowns = {name: step_breakdown(config, images) for name, (config, _) in MODELS.items()}
     conv = MODELS["conv (study, d=2)"][0]
     results["sampling_images_per_second"] = sampling_throughput(conv)
     results["nll_k5000_images_per_second"] = nll_throughput(conv, images[: 8 if quick else 32])
@@ -181,6 +212,10 @@ def run(quick: bool = False, memory: bool = True, compile: bool = True) -> dict[
                 "warmup_seconds": warmup_seconds,
             }
             row["flops_per_image"] = flops
+        row["step_ms"] = {
+            **breakdowns[name],
+            "flops_at_peak": 1000 * 128 * row["flops_per_image"] / (peak["fp32"] * 1e9),
+        }
         row["reference_images_per_second"] = reference_rates[name]
         row["speedup_vs_reference"] = row["fp32"]["images_per_second"] / reference_rates[name]
         results["training"][name] = row
@@ -226,6 +261,21 @@ def markdown(results: dict[str, Any]) -> str:
             for name, row in results["training"].items()
         )
         lines += ["", f"- compiled (`train.compile = true`): first steps including compilation: {warm}"]
+    if all("step_ms" in row for row in results["training"].values()):
+        lines += [
+            "",
+            "Where a fp32 step's time goes (ms per batch of 128; 'at peak' is the layers' FLOPs at the fp32 peak):",
+            "",
+            "| model | forward (loss) | backward | Adam update | total | at peak |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in results["training"].items():
+            ms = row["step_ms"]
+            total = ms["forward"] + ms["backward"] + ms["optimizer"]
+            lines.append(
+                f"| {name} | {ms['forward']:.2f} | {ms['backward']:.2f} | {ms['optimizer']:.2f} | {total:.2f} "
+                f"| {ms['flops_at_peak']:.2f} |"
+            )
     lines += ["", f"- decoder sampling (conv, d=2): {results['sampling_images_per_second']:.0f} images/s"]
     nll = results.get("nll_k5000_images_per_second")
     lines.append(
