@@ -84,11 +84,13 @@ class ObjectiveConfig:
     name: str = "elbo"  # elbo | iwae
     beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the true ELBO
     k: int = 1  # importance samples (iwae)
+    gradient: str = "reparam"  # iwae encoder gradient: reparam (Burda et al.) | dreg (Tucker et al. 2019)
     kl_warmup_epochs: int = 0  # linear KL annealing from 0 to beta over this many epochs
     free_bits: float = 0.0  # minimum KL per latent dimension, in nats (Kingma et al. 2016)
 
     def validate(self) -> None:
         _one_of("objective.name", self.name, ("elbo", "iwae"))
+        _one_of("objective.gradient", self.gradient, ("reparam", "dreg"))
         if self.beta < 0:
             raise VaelabError(f"objective.beta must be >= 0, got {self.beta}")
         _at_least("objective.k", self.k, 1)

@@ -33,6 +33,7 @@ Arch = _choices("Arch", ("conv", "dense", "mlp"))
 Likelihood = _choices("Likelihood", ("bernoulli", "gaussian"))
 Prior = _choices("Prior", ("standard", "correlated"))
 Objective = _choices("Objective", ("elbo", "iwae"))
+Gradient = _choices("Gradient", ("reparam", "dreg"))
 Binarize = _choices("Binarize", ("none", "dynamic", "static"))
 Precision = _choices("Precision", ("fp32", "bf16"))
 
@@ -70,6 +71,10 @@ def train(
     prior: Annotated[Prior | None, typer.Option(help="p(z) (default: standard).")] = None,
     objective: Annotated[Objective | None, typer.Option(help="Training bound (default: elbo).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Importance samples for --objective iwae.")] = None,
+    gradient: Annotated[
+        Gradient | None,
+        typer.Option(help="IWAE encoder gradient: reparam, or dreg (doubly reparameterised) (default: reparam)."),
+    ] = None,
     beta: Annotated[float | None, typer.Option(help="KL weight (beta-VAE) (default: 1).")] = None,
     dataset: Annotated[str | None, typer.Option(help="mnist, fashion-mnist, an IDX or .npy folder, or an .npz file.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder searched first for data files.")] = None,
@@ -118,6 +123,7 @@ def train(
             "model.prior": prior.value if prior else None,
             "objective.name": objective.value if objective else None,
             "objective.k": k,
+            "objective.gradient": gradient.value if gradient else None,
             "objective.beta": beta,
             "data.name": dataset,
             "data.data_dir": str(data_dir) if data_dir else None,
@@ -157,7 +163,10 @@ def _model_dir(run_dir: Path | None, pretrained: str | None) -> Path:
 
 RunDirArg = Annotated[Path | None, typer.Argument(help="A run directory (or use --pretrained).")]
 PretrainedOpt = Annotated[
-    str | None, typer.Option("--pretrained", help="A model shipped with vaelab: seed-2d, seed-3d, seed-correlated.")
+    str | None,
+    typer.Option(
+        "--pretrained", help="A model shipped with vaelab: seed-2d, seed-3d, seed-correlated, burda-vae, burda-iwae."
+    ),
 ]
 
 

@@ -57,6 +57,15 @@ def reparameterize(q: Independent, eps: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"no location-scale form known for {type(q).__name__}")
 
 
+def detached(q: Independent) -> Independent:
+    """The same posterior with its parameters cut from the graph: ``log_prob`` then passes gradient
+    to z but not to the encoder's outputs (what the doubly reparameterised IWAE gradient needs)."""
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        base = Normal(q.base_dist.loc.detach(), q.base_dist.scale.detach(), validate_args=False)
+        return Independent(base, q.reinterpreted_batch_ndims, validate_args=False)
+    raise TypeError(f"no detached form known for {type(q).__name__}")
+
+
 def rsample_rows(q: Independent, sample_shape: torch.Size, rows: slice, total: int) -> torch.Tensor:
     """``q.rsample(sample_shape)`` for the images ``rows`` of a batch of ``total`` images, when q holds
     only those rows (one process of data-parallel training).

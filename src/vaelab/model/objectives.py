@@ -3,7 +3,9 @@
 * :class:`ELBO` -- E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), one reparameterised sample, the KL
   in closed form where one is registered (else the single-sample estimate log q(z) - log p(z)),
   optional KL warm-up and free bits. beta = 1, no warm-up, no free bits is the true ELBO.
-* :class:`IWAE` -- log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q (Burda et al. 2016).
+* :class:`IWAE` -- log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q (Burda et al. 2016), with the
+  plain reparameterised gradient or the doubly reparameterised one (DReG, Tucker et al. 2019) for
+  the encoder: same bound, same expected gradient, less noise as k grows.
 
 Reported ``total`` is always the negative bound itself (beta = 1), whatever is optimised.
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from vaelab.distributions.kl import kl_terms
-from vaelab.distributions.posteriors import rsample_rows
+from vaelab.distributions.posteriors import detached, rsample_rows
 
 
 @dataclass(frozen=True)
@@ -91,24 +93,69 @@ class ELBO:
         return Terms(loss, reconstruction + kl, reconstruction, kl, kl_per_dim)
 
 
+class _ImportanceWeightedPath(torch.autograd.Function):
+    """Identity on z (k x B x d) whose backward multiplies each sample's gradient by its normalised
+    importance weight w~_i.
+
+    The weights are only known once the decoder has run, after z was used, so they reach the
+    backward through a second output, ``tap`` (zeros, k x B): the loss adds ``(tap * w~).sum()``,
+    which is 0 in value and hands back w~ times the loss's outer scale as tap's gradient; the
+    backward normalises that scale away. A pure function of its inputs, so it compiles.
+    """
+
+    @staticmethod
+    def forward(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z.clone(), z.new_zeros(z.shape[:-1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_z: torch.Tensor, grad_tap: torch.Tensor) -> torch.Tensor:
+        weights = grad_tap / grad_tap.sum(0, keepdim=True)
+        return grad_z * weights.unsqueeze(-1)
+
+
 class IWAE:
-    def __init__(self, k: int) -> None:
+    """The importance-weighted bound. ``gradient`` picks the encoder's gradient estimator:
+
+    * ``"reparam"``: the plain gradient of the bound, sum_i w~_i d/dphi log w_i (Burda et al.);
+      its signal-to-noise ratio for the encoder falls like 1/sqrt(k) (Rainforth et al. 2018).
+    * ``"dreg"``: sum_i w~_i^2 (d log w_i / d z_i)(d z_i / d phi), with q's parameters held fixed
+      inside log w_i (Tucker et al. 2019, eq. 6). Unbiased for the same gradient, without the
+      score-function term that makes the plain one noisy. The decoder's and prior's gradients are
+      the plain ones either way.
+    """
+
+    def __init__(self, k: int, gradient: str = "reparam") -> None:
+        if gradient not in ("reparam", "dreg"):
+            raise ValueError(f"unknown IWAE gradient estimator {gradient!r}; known: reparam, dreg")
         self.k = k
+        self.gradient = gradient
 
     def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
         q = model.q_z(x)
         z = _rsample(q, shard, torch.Size((self.k,)))  # k x B x d
         if not len(x):
             return _no_images(x)
-        log_px_z = model.p_x(z).log_prob(x)
-        log_w = log_px_z + model.p_z().log_prob(z) - q.log_prob(z)
+        if self.gradient == "dreg":
+            z_path, tap = _ImportanceWeightedPath.apply(z)
+            log_q = detached(q).log_prob(z_path)
+        else:
+            z_path, log_q = z, q.log_prob(z)
+        log_px_z = model.p_x(z_path).log_prob(x)
+        log_w = log_px_z + model.p_z().log_prob(z_path) - log_q
         bound = torch.logsumexp(log_w, 0) - math.log(self.k)
+        loss = -bound.mean()
+        if self.gradient == "dreg":
+            loss = loss + (tap * torch.softmax(log_w.detach(), 0)).sum()
         # the reported split uses the first sample's reconstruction and the closed-form KL
         kl, kl_per_dim = kl_and_sample(q, model.p_z(), z[0])
-        return Terms(-bound.mean(), -bound, -log_px_z[0], kl, kl_per_dim)
+        return Terms(loss, -bound, -log_px_z[0], kl, kl_per_dim)
 
 
-def make_objective(name: str, beta: float = 1.0, k: int = 1, free_bits: float = 0.0):
+def make_objective(name: str, beta: float = 1.0, k: int = 1, free_bits: float = 0.0, gradient: str = "reparam"):
     if name == "iwae":
-        return IWAE(k)
+        return IWAE(k, gradient)
     return ELBO(beta=beta, free_bits=free_bits)
