@@ -17,10 +17,17 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_compiled_loss_trains_like_eager(tmp_path):
-    eager = Trainer(tiny_config("train.epochs=1"), tmp_path / "eager", figures=False)
+@pytest.mark.parametrize(
+    "objective",
+    [(), ("objective.name=iwae", "objective.k=3", "objective.gradient=dreg")],
+    ids=["elbo", "iwae-dreg"],
+)
+def test_compiled_loss_trains_like_eager(tmp_path, objective):
+    eager = Trainer(tiny_config("train.epochs=1", *objective), tmp_path / "eager", figures=False)
     eager.fit(progress=False)
-    compiled = Trainer(tiny_config("train.epochs=1", "train.compile=true"), tmp_path / "compiled", figures=False)
+    compiled = Trainer(
+        tiny_config("train.epochs=1", "train.compile=true", *objective), tmp_path / "compiled", figures=False
+    )
     compiled.fit(progress=False)
     for a, b in zip(_records(tmp_path / "eager"), _records(tmp_path / "compiled"), strict=True):
         for key in ("total", "reconstruction", "kl"):
