@@ -67,8 +67,8 @@ def _burda(
     whole schedule compressed into 25 epochs, test NLL at k = 1000 (all 10,000 test images):
     reparam 1e-3 batch 100: 94.99; DReG 1e-3 batch 100: 94.82; DReG 1e-3 batch 50: 92.14; DReG
     2.2e-3 batch 100: 91.21; DReG 3.3e-3 batch 100: 91.04; DReG 2.2e-3 batch 50: 90.35; DReG
-    3.3e-3 batch 50: 91.11. (An
-    earlier comparison part-way through a run, before the rates had decayed, had favoured 1e-3.)
+    3.3e-3 batch 50: 91.11. (An earlier comparison part-way through a run, before the rates had
+    decayed, had favoured 1e-3.)
     """
 
     def make() -> RunConfig:
