@@ -146,11 +146,49 @@ def test_dynamic_binarisation_run_is_deterministic(tmp_path):
     assert _without_timing(a.records()) == _without_timing(b.records())
 
 
+# --- weight averaging ------------------------------------------------------------------------
+
+
+def test_moving_average_of_the_weights_is_what_the_run_saves(tmp_path):
+    """With train.ema_decay the raw training is untouched, and the saved weights are the average
+    e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over the raw weights after every step."""
+    decay = 0.8
+    plain = Trainer(tiny_config("train.epochs=1"), tmp_path / "plain", figures=False)
+    after_each_step = []
+    step = plain.step
+
+    def recording_step(*args, **kwargs):
+        terms = step(*args, **kwargs)
+        after_each_step.append({k: v.detach().clone() for k, v in plain.model.state_dict().items()})
+        return terms
+
+    plain.step = recording_step
+    plain.fit(progress=False)
+    averaged = Trainer(tiny_config("train.epochs=1", f"train.ema_decay={decay}"), tmp_path / "ema", figures=False)
+    test = averaged.fit(progress=False)
+
+    expected = dict(after_each_step[0])
+    for weights in after_each_step[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    saved = safetensors.torch.load_file(str(tmp_path / "ema" / "model.safetensors"))
+    raw = averaged.model.state_dict()
+    assert len(after_each_step) == len(averaged.train_batches) > 1
+    for name, value in saved.items():
+        assert torch.equal(raw[name], after_each_step[-1][name])  # the average does not steer training
+        torch.testing.assert_close(value, expected[name])
+    parameters = dict(averaged.model.named_parameters())
+    assert parameters and all(not torch.equal(saved[name], value) for name, value in parameters.items())
+    # the recorded test bound is the averaged weights' bound, not the raw weights'
+    assert test["total"] != _records(tmp_path / "plain")[-1]["total"]
+    assert "moving average (decay 0.8" in (tmp_path / "ema" / "report.md").read_text()
+
+
 # --- resume after SIGKILL --------------------------------------------------------------------
 
 RESUME_ARGS = set_args(
     TINY_DATA
     + ["model.arch=conv", "train.batch_size=64", "train.eval_batch_size=256", "train.epochs=3", "train.threads=1"]
+    + ["train.ema_decay=0.9"]  # the weights' moving average must come back from the checkpoint too
 )
 
 

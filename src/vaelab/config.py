@@ -112,6 +112,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | burda (8 stages of 3^i epochs, lr * 10^(-i/7), compressed to epochs) | burda-even (the same 8 rates, stages of equal length)
     adam_eps: float = 1e-8  # Burda et al. used 1e-4
     compile: bool = False  # torch.compile the loss (forward + backward graph); costs compile time up front
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, updated every step
 
     def validate(self) -> None:
         _at_least("train.epochs", self.epochs, 1)
@@ -125,6 +126,8 @@ class TrainConfig:
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
+        if not 0 <= self.ema_decay < 1:
+            raise VaelabError(f"train.ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise VaelabError(f"train.device must be cpu, cuda or cuda:N; got {self.device!r}")
 

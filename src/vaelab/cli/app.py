@@ -84,6 +84,13 @@ def train(
     seed: Annotated[int | None, typer.Option(help="The one seed of the run (default: 0).")] = None,
     precision: Annotated[Precision | None, typer.Option(help="fp32, or bf16 autocast (default: fp32).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (0 = all cores).")] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--ema-decay",
+            help="Evaluate and save a moving average of the weights, decaying by this factor per step, e.g. 0.999 (default: 0, off).",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cpu).")] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
 ) -> None:
@@ -133,6 +140,7 @@ def train(
             "train.seed": seed,
             "train.precision": precision.value if precision else None,
             "train.threads": threads,
+            "train.ema_decay": ema_decay,
             "train.device": device,
         }
         overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]

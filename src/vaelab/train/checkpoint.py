@@ -24,10 +24,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     rng_states: dict[str, torch.Tensor],
     info: dict[str, Any],
+    averaged: torch.nn.Module | None = None,
 ) -> None:
+    """``averaged``: the run's moving average of the weights, if it keeps one (saved beside the model)."""
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
     }
+    if averaged is not None:
+        tensors.update({f"averaged.{k}": v.detach().cpu().contiguous() for k, v in averaged.state_dict().items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for param_id, state in opt["state"].items():
@@ -47,9 +51,12 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    averaged: torch.nn.Module | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore model and optimiser in place; return (rng states, info)."""
+    """Restore model, optimiser (and the weights' moving average, if given) in place; return (rng states, info)."""
     path = Path(path)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
@@ -62,11 +69,16 @@ def load_checkpoint(
         raise VaelabError(f"no checkpoint at {path}: the run never finished an epoch, start it again") from None
     except Exception as err:  # corrupt header, missing keys
         raise VaelabError(f"{path} is not a readable vaelab checkpoint ({err})") from None
-    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(model_state, strict=True)
-    except RuntimeError as err:
-        raise VaelabError(f"{path} does not match the run's model: {err}") from None
+    for prefix, module in (("model.", model), ("averaged.", averaged)):
+        if module is None:
+            continue
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state:
+            raise VaelabError(f"{path} holds no {prefix[:-1]} weights, which this run needs")
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise VaelabError(f"{path} does not match the run's {prefix[:-1]} weights: {err}") from None
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):

@@ -9,6 +9,11 @@ RNG) and the data order and dynamic binarisation (a separate generator). Both RN
 every end-of-epoch checkpoint, so an interrupted run resumed from its last checkpoint replays the
 remaining epochs exactly as an uninterrupted run would (same thread count assumed).
 
+Weight averaging (``train.ema_decay`` > 0): an exponential moving average of the weights,
+updated after every optimiser step (``torch.optim.swa_utils.AveragedModel``), is what the run
+evaluates, saves and draws its figures with; the optimiser keeps training the raw weights. Both are
+in the checkpoint, so a resumed run continues the same average.
+
 Data-parallel training (``torchrun --nproc-per-node N -m vaelab train ...``) is described in
 ``vaelab.train.distributed``: N processes compute the single-process update of each global batch,
 and only rank 0 writes the run directory.
@@ -43,6 +48,8 @@ from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
 from vaelab.io import atomic_write_text
 from vaelab.model import Shard, build_vae, make_objective, save_model
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world
 from vaelab.train.schedule import learning_rate
@@ -139,7 +146,17 @@ class Trainer:
             world=self.world,
             compile=train.compile,
         )
+        self.averaged = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
+            if train.ema_decay > 0
+            else None
+        )
         self.epoch = 0  # epochs completed
+
+    @property
+    def final_model(self) -> torch.nn.Module:
+        """The weights the run evaluates and saves: their moving average if the run keeps one."""
+        return self.model if self.averaged is None else self.averaged.module
 
     # --- run directory ---------------------------------------------------------------------------
 
@@ -150,7 +167,7 @@ class Trainer:
         if not config_path.is_file():
             raise VaelabError(f"{run_dir} is not a vaelab run directory (no config.toml); nothing to resume")
         trainer = cls(RunConfig.load(config_path), run_dir, console=console, figures=figures)
-        rng, info = load_checkpoint(run_dir / CHECKPOINT, trainer.model, trainer.optimizer)
+        rng, info = load_checkpoint(run_dir / CHECKPOINT, trainer.model, trainer.optimizer, trainer.averaged)
         torch.set_rng_state(rng["torch"])
         trainer.data_generator.set_state(rng["data"])
         if "cuda" in rng:
@@ -204,6 +221,8 @@ class Trainer:
             x = x.to(self.device, non_blocking=True)
             shard = Shard(*world.rows(sizes[step]), sizes[step]) if world.distributed else None
             terms = self.step(x, kl_weight=self._kl_weight(self.epoch + step / steps), shard=shard)
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
             # summing detached tensors keeps the loop free of a host sync per step
             sums += torch.stack(
                 [terms.total.detach().sum(), terms.reconstruction.detach().sum(), terms.kl.detach().sum()]
@@ -233,7 +252,7 @@ class Trainer:
         }
 
     def evaluate(self, batches: Batches) -> dict[str, Any]:
-        return evaluate_elbo(self.model, batches, seed=evaluation_seed(self.config.train.seed))
+        return evaluate_elbo(self.final_model, batches, seed=evaluation_seed(self.config.train.seed))
 
     def fit(self, progress: bool = True) -> dict[str, Any]:
         """Train the remaining epochs, then write the model, test metrics, figures and report."""
@@ -298,6 +317,7 @@ class Trainer:
             self.optimizer,
             self._rng_states(),
             {"epoch": self.epoch},
+            self.averaged,
         )
         if progress:
             line = f"epoch {self.epoch}/{self.config.train.epochs}  train {train_metrics['total']:.2f}"
@@ -313,10 +333,10 @@ class Trainer:
             self.world.close()
             return {}
         test = self.evaluate(self.test_batches)
-        self.model.cpu()  # saved weights and figures are device-independent
+        model = self.final_model.cpu()  # saved weights and figures are device-independent
         self._log({"epoch": self.epoch, "split": "test", **test})
         save_model(
-            self.model,
+            model,
             self.run_dir,
             self.config,
             {
@@ -337,7 +357,7 @@ class Trainer:
 
         x, y = self.test_batches.images, self.test_batches.labels
         return write_run_figures(
-            self.model.eval(),
+            self.final_model.eval(),
             self.run_dir / "figures",
             self.records(),
             to_unit_float(x),
@@ -360,7 +380,9 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
         f"- objective: {config.objective.name} (beta {config.objective.beta}, k {config.objective.k}"
         + (f", {config.objective.gradient} gradient)" if config.objective.name == "iwae" else ")"),
         f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr} (schedule {t.lr_schedule}, eps {t.adam_eps:g}), "
-        f"seed {t.seed}, precision {t.precision}" + (", compiled" if t.compile else ""),
+        f"seed {t.seed}, precision {t.precision}"
+        + (", compiled" if t.compile else "")
+        + (f"; evaluated with the weights' moving average (decay {t.ema_decay:g} per step)" if t.ema_decay else ""),
     ]
     if train_rows:
         seconds = sum(r["seconds"] for r in train_rows)
