@@ -21,7 +21,9 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     images = [
         output
         for cell in notebook.cells
@@ -30,5 +32,11 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         if "image/png" in output.get("data", {})
     ]
     assert len(images) >= 2, "the figures did not render as images"
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors

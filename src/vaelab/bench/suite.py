@@ -92,7 +92,9 @@ def vaelab_train_throughput(
     return rate, flops, warmup_seconds
 
 
-def step_breakdown(model_config: ModelConfig, images: torch.Tensor, steps: int = 30, warmup: int = 5) -> dict[str, float]:
+def step_breakdown(
+    model_config: ModelConfig, images: torch.Tensor, steps: int = 30, warmup: int = 5
+) -> dict[str, float]:
     """Milliseconds per fp32 training step (batch 128) in the forward pass (the loss), the backward
     pass and the optimiser update, each the best of three windows of ``steps`` steps. Set beside
     the time the layers' FLOPs take at the peak, it says which part of a step holds a model back."""

@@ -76,7 +76,9 @@ def train(
         typer.Option(help="IWAE encoder gradient: reparam, or dreg (doubly reparameterised) (default: reparam)."),
     ] = None,
     beta: Annotated[float | None, typer.Option(help="KL weight (beta-VAE) (default: 1).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="mnist, fashion-mnist, an IDX or .npy folder, or an .npz file.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="mnist, fashion-mnist, an IDX or .npy folder, or an .npz file.")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder searched first for data files.")] = None,
     binarize: Annotated[Binarize | None, typer.Option(help="Binarisation of the images (default: none).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help=" (default: 128)")] = None,
@@ -346,7 +348,10 @@ def _print_evaluation(name: str, result: dict, written_to: Path | None) -> None:
 @app.command()
 def reproduce(
     name: Annotated[
-        str, typer.Argument(help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling, burda-vae, burda-iwae.")
+        str,
+        typer.Argument(
+            help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling, burda-vae, burda-iwae."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run directories.")] = Path("runs"),
     epochs: Annotated[

@@ -39,6 +39,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import vaelab
 from vaelab.allocator import retain_freed_memory
@@ -48,8 +49,6 @@ from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
 from vaelab.io import atomic_write_text
 from vaelab.model import Shard, build_vae, make_objective, save_model
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world
 from vaelab.train.schedule import learning_rate
