@@ -329,3 +329,19 @@ def test_fashion_mnist_from_debian(tmp_path, monkeypatch):
     assert tuple(data.x_train.shape) == (60000, 1, 28, 28) and tuple(data.x_test.shape) == (10000, 1, 28, 28)
     assert sorted(data.y_test.unique().tolist()) == list(range(10))
     assert len(data.class_names) == 10
+
+
+@pytest.mark.parametrize("mode", ["none", "dynamic", "static"])
+def test_mean_image_is_the_mean_training_target(mode):
+    images = torch.randint(0, 256, (300, 1, 4, 4), dtype=torch.uint8)
+    batches = Batches(images, batch_size=64, binarize=mode, training=True)
+    if mode == "static":  # the stored, binarised targets
+        expected = binarize_fixed(images).float().mean(0) / 255
+    else:  # grey levels; a dynamic draw has them as its mean
+        expected = images.float().mean(0) / 255
+    torch.testing.assert_close(batches.mean_image(chunk=128), expected)
+    if mode == "dynamic":
+        draws = torch.stack(
+            [torch.cat(list(batches.epoch(torch.Generator().manual_seed(s)))).mean(0) for s in range(40)]
+        )
+        assert (draws.mean(0) - expected).abs().max() < 0.02

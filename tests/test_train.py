@@ -297,3 +297,12 @@ def test_checkpoint_restores_fused_adam_for_channels_last_weights(tmp_path):
     step(restored, restored_optimizer, x)
     for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_decoder_bias_data_mean_starts_at_the_training_split_mean(tmp_path):
+    trainer = Trainer(tiny_config("model.decoder_bias=data-mean"), tmp_path / "run", figures=False)
+    train_images = trainer.train_batches.images.double().mean(0) / 255  # the training split only
+    expected = torch.logit(train_images.float().clamp(1e-3, 1 - 1e-3)).flatten()
+    torch.testing.assert_close(trainer.model.decoder.net[0][-1].bias.detach(), expected)
+    default = Trainer(tiny_config(), tmp_path / "default", figures=False)
+    assert not torch.allclose(default.model.decoder.net[0][-1].bias, expected)

@@ -55,6 +55,9 @@ class ModelConfig:
     prior_sampling: str = "posterior"  # posterior (z = mu + sigma*eps) | study (z = mu + L eps, see docs)
     likelihood: str = "bernoulli"  # bernoulli | gaussian
     likelihood_scale: float = 0.1  # gaussian only: the fixed standard deviation per pixel
+    decoder_bias: str = (
+        "default"  # default (the layer's own init) | data-mean (p(x|z) starts at the mean training image)
+    )
 
     def validate(self) -> None:
         _one_of("model.arch", self.arch, ("conv", "dense", "mlp"))
@@ -68,6 +71,7 @@ class ModelConfig:
         if self.prior_sampling == "study" and self.prior != "correlated":
             raise VaelabError("model.prior_sampling = 'study' only applies to model.prior = 'correlated'")
         _one_of("model.likelihood", self.likelihood, ("bernoulli", "gaussian"))
+        _one_of("model.decoder_bias", self.decoder_bias, ("default", "data-mean"))
         if not self.likelihood_scale > 0:
             raise VaelabError(f"model.likelihood_scale must be > 0, got {self.likelihood_scale}")
         if self.prior_cov:

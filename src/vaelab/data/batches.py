@@ -57,6 +57,15 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
+    def mean_image(self, chunk: int = 10_000) -> torch.Tensor:
+        """The mean training target, C x H x W in [0, 1]: the mean binarised image for ``static``;
+        the mean grey level for ``none`` and for ``dynamic`` (a Bernoulli(x) draw has mean x).
+        Summed ``chunk`` images at a time in float64, so no float copy of the split is made."""
+        total = torch.zeros(self.images.shape[1:], dtype=torch.float64)
+        for start in range(0, len(self.images), chunk):
+            total += self.images[start : start + chunk].to(torch.float64).sum(0)
+        return (total / (255.0 * max(len(self.images), 1))).float()
+
     def batch_sizes(self) -> list[int]:
         """The size of every batch of an epoch, in order (the last may be smaller)."""
         n = len(self.images)

@@ -16,9 +16,15 @@ class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod Bernoulli(sigmoid(logits)), evaluated from logits (no sigmoid-then-log)."""
 
     params_per_channel = 1
+    # a pixel that is never on would want logit -inf; 1e-3 (logit -6.9) is already far in the tail
+    MEAN_CLAMP = 1e-3
 
     def forward(self, logits: torch.Tensor) -> Distribution:
         return Independent(Bernoulli(logits=logits, validate_args=False), 3, validate_args=False)
+
+    def output_for_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """The decoder output (logits) whose distribution has mean ``mean``."""
+        return torch.logit(mean.clamp(self.MEAN_CLAMP, 1 - self.MEAN_CLAMP))
 
 
 class GaussianLikelihood(nn.Module):
@@ -32,6 +38,10 @@ class GaussianLikelihood(nn.Module):
 
     def forward(self, mean: torch.Tensor) -> Distribution:
         return Independent(Normal(mean, self.scale, validate_args=False), 3, validate_args=False)
+
+    def output_for_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """The decoder output whose distribution has mean ``mean`` (the mean itself)."""
+        return mean.clone()
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"

@@ -48,6 +48,8 @@ def _burda(
     precision: str = "fp32",
     compile: bool = False,
     gradient: str = "reparam",
+    ema_decay: float = 0.0,
+    decoder_bias: str = "default",
 ) -> Callable[[], RunConfig]:
     """Burda et al. (2016), one stochastic layer: 784-200-200-50 tanh, Bernoulli, dynamic binarisation.
 
@@ -68,7 +70,10 @@ def _burda(
     reparam 1e-3 batch 100: 94.99; DReG 1e-3 batch 100: 94.82; DReG 1e-3 batch 50: 92.14; DReG
     2.2e-3 batch 100: 91.21; DReG 3.3e-3 batch 100: 91.04; DReG 2.2e-3 batch 50: 90.35; DReG
     3.3e-3 batch 50: 91.11. (An earlier comparison part-way through a run, before the rates had
-    decayed, had favoured 1e-3.)
+    decayed, had favoured 1e-3.) On top of the last: evaluating the weights' moving average (decay
+    per step 0.999 / 0.9995 / 0.9998): 90.14 / 90.18 / 90.47; and the decoder's output bias started
+    at the logits of the mean training image: 89.73, with the 0.999 average 89.50. Those two are in
+    the recipe, with 130 epochs instead of 140 so that the run stays inside the hour on a slower day.
     """
 
     def make() -> RunConfig:
@@ -79,6 +84,7 @@ def _burda(
         config.model.hidden = [200, 200]
         config.model.activation = "tanh"
         config.model.latent_dim = 50
+        config.model.decoder_bias = decoder_bias
         config.objective.name = objective
         config.objective.k = k
         config.objective.gradient = gradient
@@ -89,6 +95,7 @@ def _burda(
         config.train.adam_eps = 1e-4
         config.train.precision = precision
         config.train.compile = compile
+        config.train.ema_decay = ema_decay
         return config.validate()
 
     return make
@@ -144,9 +151,20 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
         Experiment(
             "burda-iwae",
-            3,
+            4,
             "IWAE (k = 50), 784-200-200-50 tanh, dynamically binarised MNIST",
-            _burda("iwae", 50, 140, lr=2.2e-3, batch_size=50, precision="bf16", compile=True, gradient="dreg"),
+            _burda(
+                "iwae",
+                50,
+                130,
+                lr=2.2e-3,
+                batch_size=50,
+                precision="bf16",
+                compile=True,
+                gradient="dreg",
+                ema_decay=0.999,
+                decoder_bias="data-mean",
+            ),
             {"nll": 84.78},
             BURDA,
             nll_k=5000,

@@ -68,6 +68,13 @@ class VAE(nn.Module):
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
     @torch.no_grad()
+    def init_output_bias(self, mean_image: torch.Tensor) -> None:
+        """Start the decoder's output bias where p(x|z) has mean ``mean_image`` (C x H x W; the conv
+        decoder, with one bias per channel, matches each channel's mean intensity): the net then learns departures from the data mean instead of spending
+        its first steps finding it, which shows in the end result (README, Burda reproductions)."""
+        self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
+
+    @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior means E_q[z | x] (what the latent scatter plots show)."""
         return self.q_z(x).mean

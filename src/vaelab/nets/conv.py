@@ -125,3 +125,10 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+    @torch.no_grad()
+    def set_output_bias(self, mean_image: torch.Tensor, output_for_mean) -> None:
+        """Set the last layer's bias to ``output_for_mean`` of each channel's mean over pixels (the
+        layer has one bias per channel, so it can match the channel's mean intensity, no more)."""
+        last = self.net[-1]
+        last.bias.copy_(output_for_mean(mean_image.reshape(last.bias.shape[0], -1).mean(1)))

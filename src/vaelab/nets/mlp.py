@@ -60,3 +60,9 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+    @torch.no_grad()
+    def set_output_bias(self, mean_image: torch.Tensor, output_for_mean) -> None:
+        """Set the last layer's bias, pixel by pixel, to ``output_for_mean(mean_image)`` (C x H x W)."""
+        last = self.net[0][-1]
+        last.bias.copy_(output_for_mean(mean_image).reshape(last.bias.shape))

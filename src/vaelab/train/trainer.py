@@ -125,7 +125,10 @@ class Trainer:
                 "objective.free_bits is not supported with data-parallel training (its budget is a whole-batch mean)"
             )
         self.device = torch.device(device)
-        self.model = build_vae(config.model, self.dataset.image_shape).to(self.device)
+        self.model = build_vae(config.model, self.dataset.image_shape)
+        if config.model.decoder_bias == "data-mean":
+            self.model.init_output_bias(self.train_batches.mean_image())
+        self.model.to(self.device)
         self.world.broadcast_parameters(self.model)
         self.objective = make_objective(
             config.objective.name,
