@@ -70,8 +70,9 @@ class VAE(nn.Module):
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder's output bias where p(x|z) has mean ``mean_image`` (C x H x W; the conv
-        decoder, with one bias per channel, matches each channel's mean intensity): the net then learns departures from the data mean instead of spending
-        its first steps finding it, which shows in the end result (README, Burda reproductions)."""
+        decoder, with one bias per channel, matches each channel's mean intensity). The net then
+        learns departures from the data mean instead of spending its first steps finding it, which
+        shows in the end result (README, Burda reproductions)."""
         self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
 
     @torch.no_grad()
