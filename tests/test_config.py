@@ -96,9 +96,9 @@ def test_override_nested_list_of_floats():
         ("data.binarize=maybe", "data.binarize"),
         ("objective.name=vi", "objective.name"),
         ("train.precision=fp8", "train.precision"),
-        ("train.ema_decay=1", "train.ema_decay"),
-        ("model.decoder_bias=mean", "model.decoder_bias"),  # an average that never moves
+        ("train.ema_decay=1", "train.ema_decay"),  # an average that never moves
         ("train.ema_decay=-0.5", "train.ema_decay"),
+        ("model.decoder_bias=mean", "model.decoder_bias"),
         ("train.lr=0", "train.lr"),  # non-positive learning rate
         ("train.lr=-1e-3", "train.lr"),
         ("train.epochs=0", "train.epochs"),

@@ -55,9 +55,7 @@ class ModelConfig:
     prior_sampling: str = "posterior"  # posterior (z = mu + sigma*eps) | study (z = mu + L eps, see docs)
     likelihood: str = "bernoulli"  # bernoulli | gaussian
     likelihood_scale: float = 0.1  # gaussian only: the fixed standard deviation per pixel
-    decoder_bias: str = (
-        "default"  # default (the layer's own init) | data-mean (p(x|z) starts at the mean training image)
-    )
+    decoder_bias: str = "default"  # default (the layer's init) | data-mean (p(x|z) starts at the data mean)
 
     def validate(self) -> None:
         _one_of("model.arch", self.arch, ("conv", "dense", "mlp"))
