@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vaelab.config import ModelConfig
@@ -42,14 +43,51 @@ def test_in_place_relus_give_the_same_loss_and_gradients(config):
 
 
 def _plain_torch_layers(model: nn.Module) -> nn.Module:
-    """The same model with torch's own forward for every conv layer (bias inside the convolution)."""
+    """The same model with torch's own forward for every conv layer (bias inside the convolution),
+    followed by torch's ReLU where vaelab fuses one into the layer."""
     plain = copy.deepcopy(model)
     for module in plain.modules():
         for cls in (nn.ConvTranspose2d, nn.Conv2d):
             if isinstance(module, cls):
-                module.forward = cls.forward.__get__(module)
+                torch_forward = cls.forward.__get__(module)
+                module.forward = (lambda x, f=torch_forward: F.relu(f(x))) if module.relu else torch_forward
                 break
     return plain
+
+
+def _conv_relu_ops(loss: torch.Tensor) -> set[str]:
+    """The names of the backward nodes in ``loss``'s graph."""
+    seen, names, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_bf16_conv_layers_fuse_the_relu_and_match_torchs_layers():
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(), (1, 28, 28))
+    x = torch.rand(6, 1, 28, 28)
+    results = []
+    for candidate in (model, _plain_torch_layers(model)):
+        candidate.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        with candidate.networks_in(torch.bfloat16):
+            loss = ELBO()(candidate, x).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in candidate.named_parameters()}, loss))
+    (loss, grads, graph), (plain_loss, plain_grads, plain_graph) = results
+    assert "_ConvBiasReLUBackward" in _conv_relu_ops(graph)  # the fused kernel ran
+    assert "_ConvBiasReLUBackward" not in _conv_relu_ops(plain_graph)
+    # bf16 networks: the fused kernel adds the bias before rounding, torch's layers after
+    torch.testing.assert_close(loss, plain_loss, rtol=2e-2, atol=0.5)
+    for name, grad in grads.items():
+        scale = plain_grads[name].abs().max().item()
+        torch.testing.assert_close(grad, plain_grads[name], rtol=0.1, atol=0.05 * scale + 1e-6, msg=name)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
@@ -125,3 +163,21 @@ def test_output_bias_starts_the_likelihood_at_the_data_mean(arch, likelihood):
     mean = model.p_x(torch.randn(3, 2)).mean
     expected = mean_image if arch == "mlp" else torch.full_like(mean_image, mean_image.mean().item())
     torch.testing.assert_close(mean, expected.expand_as(mean), atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_bf16_conv_layer_trains_like_eager():
+    # compiled, the layer leaves the fusion to inductor; its gradients must match eager's
+    from vaelab.nets.conv import ConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, relu=True)
+    x = torch.randn(2, 8, 5, 5)
+    grads = []
+    for run in (layer, torch.compile(layer)):
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run(x)
+        out.float().square().sum().backward()
+        grads.append((out.detach().float(), layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=0.05, atol=0.05 * eager.abs().max().item())

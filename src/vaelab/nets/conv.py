@@ -4,8 +4,9 @@ Encoder: Conv 32 3x3 s2 ReLU -> Conv 64 3x3 s2 ReLU -> Flatten -> Dense 16 ReLU 
 Decoder: Dense 7*7*64 ReLU -> reshape -> ConvT 64 3x3 s2 ReLU -> ConvT 32 3x3 s2 ReLU -> ConvT(out) 3x3.
 Padding reproduces Keras' "same": 28 -> 14 -> 7 and back. Any H, W divisible by 4 works.
 
-Every ReLU runs in place: each directly follows a conv / dense layer, whose output nothing else
-reads (autograd saves those layers' inputs, not their outputs), so no extra activation tensor is
+The ReLUs after the conv layers run inside the convolution (oneDNN post-ops, ``relu=True``); the
+dense layers' ReLUs run in place: each directly follows its layer, whose output nothing else reads
+(autograd saves those layers' inputs, not their outputs), so no extra activation tensor is
 allocated, in training and in inference alike.
 
 Weights are initialised as Keras does (Glorot-uniform weights, zero biases), not with PyTorch's
@@ -48,8 +49,64 @@ def _add_bias_(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return out if bias is None else out.add_(bias.to(out.dtype).view(1, -1, 1, 1))
 
 
+def _fuse_relu(x: torch.Tensor) -> bool:
+    """Whether the fused kernel pays: on CPU, computing in bf16 (the input, or autocast to it), eager.
+
+    In fp32 the whole training step measured 1-3% slower fused (38.4-38.8 against 39.1-39.9 ms),
+    in bf16 8-9% faster (23.1-23.3 against 21.1-21.5 ms; the conv VAE, batch 128, A/B alternated).
+    """
+    if x.device.type != "cpu" or not torch.backends.mkldnn.is_available() or torch.compiler.is_compiling():
+        return False  # compiled (train.compile), inductor fuses the bias and ReLU its own way
+    autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == torch.bfloat16 or (autocast and x.dtype == torch.float32)
+
+
+def _autocast_to(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """What autocast would hand a convolution: everything in the autocast dtype where it is on."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
+
+
+class _ConvBiasReLU(torch.autograd.Function):
+    """relu(conv(x, w) + b) as one oneDNN kernel, the bias and the ReLU applied as post-ops while
+    the output is still in cache, so neither takes a pass over the activation of its own.
+
+    Measured here (2 cores, batch 128, channels-last): the study's 64 -> 32 transposed conv with
+    bias and ReLU takes 1.07 ms forward in bf16 fused against 2.31 ms as three ops. Used in bf16
+    only (see :func:`_fuse_relu`). The backward is the ReLU mask, the bias gradient (a sum) and torch's own
+    convolution backward without bias, as in :class:`Conv2d`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, transposed, stride, padding, output_padding, dilation, groups):
+        if transposed:
+            out = torch.ops.mkldnn._convolution_transpose_pointwise(
+                x, weight, bias, padding, output_padding, stride, dilation, groups, "relu", [], ""
+            )
+        else:
+            out = torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, padding, stride, dilation, groups, "relu", [], ""
+            )
+        ctx.save_for_backward(x, weight, out)
+        ctx.geometry = (stride, padding, dilation, transposed, output_padding, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, out = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad_out, out, 0)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, *ctx.geometry, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        )
+        grad_b = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d with the bias added apart from oneDNN's convolution (same parameters, same result).
+    """nn.Conv2d with the bias added apart from oneDNN's convolution (same parameters, same result);
+    with ``relu=True`` the layer computes relu(conv(x) + b), fused (:class:`_ConvBiasReLU`).
 
     oneDNN computes the bias gradient inside its weight-gradient pass, slowly: the backward pass of the
     study's convolutions takes up to 40% longer with it in bf16 and up to 15% in fp32 (measured
@@ -57,22 +114,56 @@ class Conv2d(nn.Conv2d):
     place on the fresh convolution output, which nothing else reads.
     """
 
+    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._conv_forward(x, self.weight, None)
-        return _add_bias_(out, self.bias)
+        if self.relu and self.bias is not None and self.padding_mode == "zeros" and _fuse_relu(x):
+            x, weight, bias = _autocast_to(x, self.weight, self.bias)
+            with torch.autocast(x.device.type, enabled=False):
+                return _ConvBiasReLU.apply(
+                    x, weight, bias, False, list(self.stride), list(self.padding), [0, 0], list(self.dilation), self.groups
+                )
+        out = _add_bias_(self._conv_forward(x, self.weight, None), self.bias)
+        return out.relu_() if self.relu else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d with the bias added apart, as :class:`Conv2d`."""
+    """nn.ConvTranspose2d with the bias added apart, and optionally the ReLU fused, as :class:`Conv2d`."""
+
+    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
+        if self.relu and self.bias is not None and _fuse_relu(x):
+            x, weight, bias = _autocast_to(x, self.weight, self.bias)
+            with torch.autocast(x.device.type, enabled=False):
+                return _ConvBiasReLU.apply(
+                    x, weight, bias, True, list(self.stride), list(self.padding), list(output_padding),
+                    list(self.dilation), self.groups,
+                )  # fmt: skip
         out = F.conv_transpose2d(
             x, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation
         )
-        return _add_bias_(out, self.bias)
+        out = _add_bias_(out, self.bias)
+        return out.relu_() if self.relu else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+
+class FusedReLU(nn.Identity):
+    """Where the ReLU stood before it was fused into the layer above (``relu=True``): a placeholder,
+    so that the modules keep their indices and the parameters their names (the safetensors keys of
+    saved models)."""
 
 
 class UnflattenChannelsLast(nn.Unflatten):
@@ -89,10 +180,10 @@ class ConvEncoder(nn.Module):
         _check_divisible(image_shape)
         c, h, w = image_shape
         self.net = nn.Sequential(
-            Conv2d(c, 32, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
+            Conv2d(c, 32, 3, stride=2, padding=1, relu=True),
+            FusedReLU(),
+            Conv2d(32, 64, 3, stride=2, padding=1, relu=True),
+            FusedReLU(),
             nn.Flatten(),
             nn.Linear(64 * (h // 4) * (w // 4), 16),
             nn.ReLU(inplace=True),
@@ -114,10 +205,10 @@ class ConvDecoder(nn.Module):
             nn.Linear(latent_dim, 64 * (h // 4) * (w // 4)),
             nn.ReLU(inplace=True),
             UnflattenChannelsLast(1, (64, h // 4, w // 4)),
-            ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),
-            nn.ReLU(inplace=True),
-            ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
-            nn.ReLU(inplace=True),
+            ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1, relu=True),
+            FusedReLU(),
+            ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1, relu=True),
+            FusedReLU(),
             ConvTranspose2d(32, out_channels, 3, stride=1, padding=1),
         )
         keras_init(self)
