@@ -61,14 +61,6 @@ def _fuse_relu(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 or (autocast and x.dtype == torch.float32)
 
 
-def _autocast_to(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """What autocast would hand a convolution: everything in the autocast dtype where it is on."""
-    if not torch.is_autocast_enabled(x.device.type):
-        return (x, *tensors)
-    dtype = torch.get_autocast_dtype(x.device.type)
-    return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
-
-
 class _ConvBiasReLU(torch.autograd.Function):
     """relu(conv(x, w) + b) as one oneDNN kernel, the bias and the ReLU applied as post-ops while
     the output is still in cache, so neither takes a pass over the activation of its own.
@@ -104,7 +96,37 @@ class _ConvBiasReLU(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
-class Conv2d(nn.Conv2d):
+class _BiasApart:
+    """What vaelab's conv layers add to torch's: the bias added apart from the convolution, and with
+    ``relu=True`` the ReLU after it, fused into one kernel where that pays (:func:`_fuse_relu`)."""
+
+    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
+    def _fused(self, x: torch.Tensor, output_padding: list[int]) -> torch.Tensor | None:
+        """relu(conv(x) + b) through :class:`_ConvBiasReLU`, or None where the layer does not fuse."""
+        if not (self.relu and self.bias is not None and self.padding_mode == "zeros" and _fuse_relu(x)):
+            return None
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):  # what autocast would hand the convolution
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return _ConvBiasReLU.apply(
+                x, weight, bias, self.transposed, list(self.stride), list(self.padding), list(output_padding),
+                list(self.dilation), self.groups,
+            )  # fmt: skip
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        out = _add_bias_(out, self.bias)
+        return out.relu_() if self.relu else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+
+class Conv2d(_BiasApart, nn.Conv2d):
     """nn.Conv2d with the bias added apart from oneDNN's convolution (same parameters, same result);
     with ``relu=True`` the layer computes relu(conv(x) + b), fused (:class:`_ConvBiasReLU`).
 
@@ -114,50 +136,25 @@ class Conv2d(nn.Conv2d):
     place on the fresh convolution output, which nothing else reads.
     """
 
-    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.relu = relu
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.relu and self.bias is not None and self.padding_mode == "zeros" and _fuse_relu(x):
-            x, weight, bias = _autocast_to(x, self.weight, self.bias)
-            with torch.autocast(x.device.type, enabled=False):
-                return _ConvBiasReLU.apply(
-                    x, weight, bias, False, list(self.stride), list(self.padding), [0, 0], list(self.dilation), self.groups
-                )
-        out = _add_bias_(self._conv_forward(x, self.weight, None), self.bias)
-        return out.relu_() if self.relu else out
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        fused = self._fused(x, [0, 0])
+        return fused if fused is not None else self._finish(self._conv_forward(x, self.weight, None))
 
 
-class ConvTranspose2d(nn.ConvTranspose2d):
+class ConvTranspose2d(_BiasApart, nn.ConvTranspose2d):
     """nn.ConvTranspose2d with the bias added apart, and optionally the ReLU fused, as :class:`Conv2d`."""
-
-    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.relu = relu
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
-        if self.relu and self.bias is not None and _fuse_relu(x):
-            x, weight, bias = _autocast_to(x, self.weight, self.bias)
-            with torch.autocast(x.device.type, enabled=False):
-                return _ConvBiasReLU.apply(
-                    x, weight, bias, True, list(self.stride), list(self.padding), list(output_padding),
-                    list(self.dilation), self.groups,
-                )  # fmt: skip
+        fused = self._fused(x, output_padding)
+        if fused is not None:
+            return fused
         out = F.conv_transpose2d(
             x, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation
         )
-        out = _add_bias_(out, self.bias)
-        return out.relu_() if self.relu else out
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        return self._finish(out)
 
 
 class FusedReLU(nn.Identity):
