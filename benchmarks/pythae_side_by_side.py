@@ -110,6 +110,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000, help="MNIST training images per pass")
     parser.add_argument("--passes", type=int, default=3, help="timed passes (the best is kept)")
     args = parser.parse_args()
+    if args.images < 128 or args.passes < 1:
+        parser.error("--images must be at least one batch (128) and --passes at least 1")
+    try:
+        import pythae  # noqa: F401
+    except ImportError:
+        parser.error("pythae is not installed in this Python; see this script's docstring for the separate venv")
     from vaelab.bench.suite import cpu_description, matmul_peak
     from vaelab.data import load_dataset
 
