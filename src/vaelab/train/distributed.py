@@ -100,7 +100,14 @@ class World:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group together: every rank waits for the others, then tears down.
+
+        Rank 0 still evaluates and writes the run after the last step while the others are done;
+        a rank that tore down its gloo connections alone was seen, rarely (2 runs in about 400
+        here), to abort at that point, so the teardown waits for everyone first.
+        """
         if self.distributed and dist.is_initialized():
+            self.barrier()
             dist.destroy_process_group()
 
 
