@@ -74,16 +74,12 @@ def pythae_rate(images: torch.Tensor, passes: int) -> float:
 
 def vaelab_rate(images: torch.Tensor, passes: int, precision: str) -> float:
     from vaelab.allocator import retain_freed_memory
+    from vaelab.bench.suite import vaelab_train_step
     from vaelab.config import ModelConfig
     from vaelab.data import Batches
-    from vaelab.model import build_vae, make_objective
-    from vaelab.train.step import TrainStep
 
     retain_freed_memory()
-    torch.manual_seed(0)
-    model = build_vae(ModelConfig(arch="conv", latent_dim=2), (1, 28, 28))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    step = TrainStep(model, make_objective("elbo"), optimizer, precision)
+    _, step = vaelab_train_step(ModelConfig(arch="conv", latent_dim=2), precision)
     batches = Batches(images, batch_size=128, training=True)
     generator = torch.Generator().manual_seed(0)
 

@@ -95,6 +95,17 @@ def steady_rate(step, batches: Batches, steps: int, warmup: int, windows: int = 
     return max(rates), warmup_seconds
 
 
+def vaelab_train_step(
+    model_config: ModelConfig, precision: str = "fp32", compile: bool = False
+) -> tuple[torch.nn.Module, TrainStep]:
+    """A seeded MNIST model of ``model_config`` and vaelab's ELBO training step for it, with Adam at
+    1e-3 as the trainer builds them (`vaelab bench` and benchmarks/pythae_side_by_side.py time it)."""
+    torch.manual_seed(0)
+    model = build_vae(model_config, (1, 28, 28))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's
+    return model, TrainStep(model, make_objective("elbo"), optimizer, precision, compile=compile)
+
+
 def vaelab_train_throughput(
     model_config: ModelConfig,
     images: torch.Tensor,
@@ -105,10 +116,7 @@ def vaelab_train_throughput(
 ) -> tuple[float, float, float]:
     """(images per second in steady state, training FLOPs per image, seconds of the warm-up steps,
     which include compiling) for vaelab's own step, as the trainer builds it."""
-    torch.manual_seed(0)
-    model = build_vae(model_config, (1, 28, 28))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's
-    step = TrainStep(model, make_objective("elbo"), optimizer, precision, compile=compile)
+    model, step = vaelab_train_step(model_config, precision, compile)
     flops = training_flops_per_image(model, images[:2].float() / 255, lambda x: model.p_x(model.q_z(x).rsample()))
     rate, warmup_seconds = steady_rate(step, Batches(images, batch_size=128, training=True), steps, warmup)
     return rate, flops, warmup_seconds
