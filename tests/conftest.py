@@ -108,3 +108,21 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     Trainer(tiny_config(), run_dir, figures=False).fit(progress=False)
     return run_dir
+
+
+@pytest.fixture
+def without_native_bf16(monkeypatch):
+    """vaelab believes this CPU has no native bf16 (as on an AVX2-only machine) for one test."""
+    from vaelab.core.platform import NO_NATIVE_BF16, cpu_capabilities
+
+    monkeypatch.setenv(NO_NATIVE_BF16, "1")
+    cpu_capabilities.cache_clear()
+    yield
+    monkeypatch.delenv(NO_NATIVE_BF16)
+    cpu_capabilities.cache_clear()
+
+
+def native_bf16() -> bool:
+    from vaelab.core.platform import cpu_capabilities
+
+    return cpu_capabilities().native_bf16

@@ -8,6 +8,7 @@ before any work starts, with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -115,6 +116,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # Burda et al. used 1e-4
     compile: bool = False  # torch.compile the loss (forward + backward graph); costs compile time up front
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, updated every step
+    checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often (0: at epoch ends only)
 
     def validate(self) -> None:
         _at_least("train.epochs", self.epochs, 1)
@@ -128,6 +130,8 @@ class TrainConfig:
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
+        if not 0 <= self.checkpoint_minutes < math.inf:
+            raise VaelabError(f"train.checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}")
         if not 0 <= self.ema_decay < 1:
             raise VaelabError(f"train.ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):

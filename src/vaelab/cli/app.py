@@ -120,7 +120,7 @@ def train(
             if main:
                 trainer.config.save(resume / "config.toml")
         if main:
-            err_console.print(f"resuming {resume} after epoch {trainer.epoch}")
+            err_console.print(f"resuming {resume} {trainer.position}")
         out = resume
     else:
         config = RunConfig.load(config_file) if config_file else RunConfig()

@@ -47,8 +47,8 @@ class CpuCapabilities:
         if self.bf16_hidden:
             return f"native bf16 is switched off by {NO_NATIVE_BF16}=1"
         return (
-            f"this CPU ({self.model}) has no native bf16: it lacks AVX-512 BW/VL/DQ, AVX-NE-CONVERT and AMX, "
-            "so bf16 would be emulated, far slower than fp32"
+            f"this CPU ({self.model}, {' '.join(self.extensions) or 'no AVX2'}) has no native bf16 for oneDNN "
+            "(it needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX), so bf16 would be emulated, far slower than fp32"
         )
 
 

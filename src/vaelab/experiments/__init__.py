@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from vaelab.config import RunConfig
 from vaelab.distributions.priors import study_covariance
 from vaelab.errors import VaelabError
+from vaelab.train.precision import fastest_precision
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,13 @@ class Experiment:
     published: dict[str, float] = field(default_factory=dict)  # per image, nats
     source: str = ""
     nll_k: int = 0  # > 0: also report the importance-weighted test NLL with this many samples
+    precision: str = "fp32"  # the recipe's; bf16 falls back to fp32 on a CPU without native bf16
+
+    def config(self) -> tuple[RunConfig, str | None]:
+        """The run's config on this machine, and a one-line notice where it departs from the recipe."""
+        config = self.make_config()
+        config.train.precision, notice = fastest_precision(self.precision)
+        return config.validate(), notice
 
 
 def _seed(latent_dim: int = 2, prior: str = "standard", prior_sampling: str = "posterior") -> Callable[[], RunConfig]:
@@ -45,7 +53,6 @@ def _burda(
     epochs: int,
     lr: float = 1e-3,
     batch_size: int = 100,
-    precision: str = "fp32",
     compile: bool = False,
     gradient: str = "reparam",
     ema_decay: float = 0.0,
@@ -96,7 +103,6 @@ def _burda(
         config.train.lr = lr
         config.train.lr_schedule = "burda-even"
         config.train.adam_eps = 1e-4
-        config.train.precision = precision
         config.train.compile = compile
         config.train.ema_decay = ema_decay
         return config.validate()
@@ -162,7 +168,6 @@ EXPERIMENTS: dict[str, Experiment] = {
                 200,
                 lr=2.2e-3,
                 batch_size=50,
-                precision="bf16",
                 compile=True,
                 gradient="dreg",
                 ema_decay=0.999,
@@ -171,6 +176,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             {"nll": 84.78},
             BURDA,
             nll_k=5000,
+            precision="bf16",
         ),
     )
 }

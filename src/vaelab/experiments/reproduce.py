@@ -69,7 +69,9 @@ def run_experiment(
 
     console = console or Console(stderr=True, soft_wrap=True)
     experiment = get_experiment(name)
-    config = experiment.make_config()
+    config, notice = experiment.config()
+    if notice:
+        console.print(f"{name}: {notice}")
     if epochs is not None:
         config.train.epochs = epochs
     apply_overrides(config, list(overrides or []))
@@ -102,7 +104,7 @@ def run_experiment(
         "title": experiment.title,
         "run_dir": str(run_dir),
         "epochs": config.train.epochs,
-        "modified": _comparable(config) != _comparable(experiment.make_config()),
+        "modified": _comparable(config) != _comparable(experiment.config()[0]),
         "train_seconds": train_seconds,
         "test": {k: test[k] for k in ("total", "reconstruction", "kl")},
         "published": experiment.published,

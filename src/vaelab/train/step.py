@@ -8,6 +8,7 @@ import torch
 
 from vaelab.model.objectives import Shard, Terms
 from vaelab.train.distributed import World
+from vaelab.train.precision import network_dtype
 
 
 class TrainStep:
@@ -44,13 +45,14 @@ class TrainStep:
             self.objective = torch.compile(objective)
         self.optimizer = optimizer
         self.precision = precision
+        self.dtype = network_dtype(precision, device_type)
         self.device_type = device_type
         self.world = world or World()
         self.parameters = [p for p in model.parameters() if p.requires_grad]
 
     def autocast(self):
-        if self.precision == "bf16":
-            return self.model.networks_in(torch.bfloat16)
+        if self.dtype is not None:
+            return self.model.networks_in(self.dtype)
         return nullcontext()
 
     def __call__(self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:

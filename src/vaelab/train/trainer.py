@@ -51,6 +51,7 @@ from vaelab.io import atomic_write_text
 from vaelab.model import Shard, build_vae, make_objective, save_model
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world
+from vaelab.train.precision import network_dtype
 from vaelab.train.schedule import learning_rate
 from vaelab.train.step import TrainStep
 
@@ -104,6 +105,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.console = console or Console(stderr=True, soft_wrap=True)
         self.figures = figures
+        network_dtype(config.train.precision, torch.device(config.train.device).type)  # refuse before any work
         retain_freed_memory()  # reuse freed activations instead of faulting in fresh pages every step
         train = config.train
         if train.threads:
@@ -154,6 +156,7 @@ class Trainer:
             else None
         )
         self.epoch = 0  # epochs completed
+        self._resume_point: tuple[int, list[float], int] | None = None  # (next step, loss sums, images) mid-epoch
 
     @property
     def final_model(self) -> torch.nn.Module:
@@ -175,6 +178,7 @@ class Trainer:
         if "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], trainer.device)
         trainer.epoch = int(info["epoch"])
+        trainer._restore_resume_point(info)
         if trainer.world.is_main:
             trainer._truncate_metrics(trainer.epoch)
         return trainer
@@ -213,13 +217,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         steps = len(self.train_batches)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        count = 0
         world = self.world
         sizes = self.train_batches.batch_sizes()
-        start = time.perf_counter()
+        first_step, sums, count = self._resume_point or (0, [0.0, 0.0, 0.0], 0)
+        self._resume_point = None
+        sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        count_before, start = count, time.perf_counter()
+        last_checkpoint = start
+        epoch_data_state = self.data_generator.get_state()  # a mid-epoch resume replays the epoch's order from it
         batches = self.train_batches.epoch(self.data_generator, rows=world.rows if world.distributed else None)
         for step, x in enumerate(batches):
+            if step < first_step:
+                continue  # drawn again only so the order and the binarisation noise replay exactly
             x = x.to(self.device, non_blocking=True)
             shard = Shard(*world.rows(sizes[step]), sizes[step]) if world.distributed else None
             terms = self.step(x, kl_weight=self._kl_weight(self.epoch + step / steps), shard=shard)
@@ -237,6 +246,9 @@ class Trainer:
                         f"training diverged (loss {loss}) in epoch {self.epoch + 1}; lower train.lr or check the data"
                     )
                 progress.update(task, completed=step + 1, loss=f"{loss:8.2f}")
+            if self._mid_epoch_checkpoint_due(last_checkpoint) and step < steps - 1:
+                self._save_mid_epoch(step + 1, sums, count, epoch_data_state)
+                last_checkpoint = time.perf_counter()
         if world.distributed:  # the whole global batch's sums, the same on every process
             world.all_reduce_sum(sums)
             count = int(world.all_reduce_sum(torch.tensor([count], dtype=torch.float64, device=self.device)).item())
@@ -249,9 +261,57 @@ class Trainer:
             "reconstruction": reconstruction,
             "kl": kl,
             "seconds": seconds,
-            "images_per_second": count / seconds,
+            "images_per_second": (count - count_before) / seconds,
             "lr": lr,
         }
+
+    def _mid_epoch_checkpoint_due(self, last: float) -> bool:
+        # single-process only: the partial sums of other processes are not in rank 0's hands
+        minutes = self.config.train.checkpoint_minutes
+        return minutes > 0 and not self.world.distributed and time.perf_counter() - last >= 60 * minutes
+
+    def _save_mid_epoch(self, next_step: int, sums: torch.Tensor, count: int, epoch_data_state: torch.Tensor) -> None:
+        """A checkpoint inside an epoch: an interrupted slow epoch loses minutes, not the epoch."""
+        sums_list = sums.tolist()
+        if not all(math.isfinite(v) for v in sums_list):
+            return  # never checkpoint a diverged state; the end of the epoch reports it
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            self.model,
+            self.optimizer,
+            {**self._rng_states(), "data": epoch_data_state},
+            {"epoch": self.epoch, "step": next_step, "sums": sums_list, "count": count},
+            self.averaged,
+        )
+
+    @property
+    def position(self) -> str:
+        """Where training stands: after which epoch, and step where a mid-epoch checkpoint left it."""
+        step = f", step {self._resume_point[0]} of epoch {self.epoch + 1}" if self._resume_point else ""
+        return f"after epoch {self.epoch}{step}"
+
+    def _restore_resume_point(self, info: dict[str, Any]) -> None:
+        """Where a mid-epoch checkpoint left the current epoch (nothing for an end-of-epoch one)."""
+        if "step" not in info:
+            return
+        step, sums, count = info.get("step"), info.get("sums"), info.get("count")
+        valid = (
+            type(step) is int
+            and 0 < step < len(self.train_batches)
+            and type(count) is int
+            and count > 0
+            and isinstance(sums, list)
+            and len(sums) == 3
+            and all(type(v) in (int, float) and math.isfinite(v) for v in sums)
+        )
+        if not valid:
+            raise VaelabError(
+                f"{self.run_dir / CHECKPOINT}: its mid-epoch position (step {step!r}, count {count!r}) does not fit "
+                f"this run's {len(self.train_batches)} steps per epoch; the checkpoint was edited or belongs elsewhere"
+            )
+        if self.world.distributed:
+            raise VaelabError(f"{self.run_dir} stopped inside an epoch: resume it in one process, not under torchrun")
+        self._resume_point = (step, [float(v) for v in sums], count)
 
     def evaluate(self, batches: Batches) -> dict[str, Any]:
         return evaluate_elbo(self.final_model, batches, seed=evaluation_seed(self.config.train.seed))
