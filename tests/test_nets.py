@@ -12,6 +12,9 @@ from torch import nn
 from tests.conftest import native_bf16
 from vaelab.config import ModelConfig
 from vaelab.model import ELBO, build_vae
+from vaelab.nets.accel import PLAIN, SpeedChoices, accelerate, measure_speed_choices, speed_choices
+
+FUSED = SpeedChoices(channels_last_bias_apart=True, fused_bf16_relu=True)
 
 
 def _out_of_place(model: nn.Module) -> nn.Module:
@@ -51,7 +54,7 @@ def _plain_torch_layers(model: nn.Module) -> nn.Module:
         for cls in (nn.ConvTranspose2d, nn.Conv2d):
             if isinstance(module, cls):
                 torch_forward = cls.forward.__get__(module)
-                module.forward = (lambda x, f=torch_forward: F.relu(f(x))) if module.relu else torch_forward
+                module.forward = (lambda x, f=torch_forward: F.relu(f(x))) if getattr(module, "relu", False) else torch_forward
                 break
     return plain
 
@@ -85,6 +88,8 @@ def _bf16_loss_and_grads_against_torchs_layers(model: nn.Module, x: torch.Tensor
 def test_bf16_conv_layers_fuse_the_relu_and_match_torchs_layers():
     torch.manual_seed(0)
     model = build_vae(ModelConfig(), (1, 28, 28))
+    for net in (model.encoder, model.decoder):
+        accelerate(net, FUSED)
     x = torch.rand(6, 1, 28, 28)
     (loss, grads), (plain_loss, plain_grads) = _bf16_loss_and_grads_against_torchs_layers(model, x)
     assert "_ConvBiasReLUBackward" in _backward_node_names(loss)  # the fused kernel ran
@@ -99,6 +104,8 @@ def test_bf16_conv_layers_fuse_the_relu_and_match_torchs_layers():
 def test_without_native_bf16_the_fused_kernel_never_runs_and_bf16_still_matches(without_native_bf16):
     torch.manual_seed(0)
     model = build_vae(ModelConfig(), (1, 28, 28))
+    for net in (model.encoder, model.decoder):
+        accelerate(net, FUSED)  # even where asked to fuse
     x = torch.rand(4, 1, 28, 28)
     (loss, grads), (plain_loss, plain_grads) = _bf16_loss_and_grads_against_torchs_layers(model, x)
     assert "_ConvBiasReLUBackward" not in _backward_node_names(loss)
@@ -183,9 +190,10 @@ def test_output_bias_starts_the_likelihood_at_the_data_mean(arch, likelihood):
     torch.testing.assert_close(mean, expected.expand_as(mean), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not native_bf16(), reason="no native bf16: vaelab refuses bf16 training on this CPU")
 def test_compiled_bf16_conv_layer_trains_like_eager():
     # compiled, the layer leaves the fusion to inductor; its gradients must match eager's
-    from vaelab.nets.conv import ConvTranspose2d
+    from vaelab.nets.accel import ConvTranspose2d
 
     torch.manual_seed(0)
     layer = ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, relu=True)
@@ -199,3 +207,47 @@ def test_compiled_bf16_conv_layer_trains_like_eager():
         grads.append((out.detach().float(), layer.weight.grad.clone(), layer.bias.grad.clone()))
     for eager, compiled in zip(*grads):
         torch.testing.assert_close(compiled, eager, rtol=0.05, atol=0.05 * eager.abs().max().item())
+
+
+@pytest.mark.parametrize("first, second", [(FUSED, PLAIN), (PLAIN, FUSED)])
+def test_speed_choices_change_the_layers_not_the_function_nor_the_parameter_names(first, second):
+    torch.manual_seed(0)
+    model = build_vae(ModelConfig(), (1, 28, 28))
+    names = [n for n, _ in model.named_parameters()]
+    x = torch.rand(5, 1, 28, 28)
+    results = []
+    for choices in (first, second):
+        for net in (model.encoder, model.decoder):
+            accelerate(net, choices)
+        on = choices.channels_last_bias_apart
+        assert any(type(m).__module__ == "vaelab.nets.accel" for m in model.modules()) == on
+        assert model.encoder.net[2].weight.is_contiguous(memory_format=torch.channels_last) == on
+        results.append(_grads(model, x, seed=4))
+        assert [n for n, _ in model.named_parameters()] == names
+    (loss, grads), (other_loss, other_grads) = results
+    torch.testing.assert_close(loss, other_loss, rtol=1e-5, atol=1e-4)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, other_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_speed_choices_are_measured_once_per_cpu_and_cached(monkeypatch, tmp_path):
+    import vaelab.nets.accel as accel
+
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(accel, "_chosen", None)
+    chosen = speed_choices()
+    (cached,) = tmp_path.glob("speed-choices-*.json")
+    assert {"plain fp32", "channels-last fp32"} <= chosen.measured_ms.keys()
+    assert chosen.channels_last_bias_apart == (
+        chosen.measured_ms["channels-last fp32"] < chosen.measured_ms["plain fp32"]
+    )
+    monkeypatch.setattr(accel, "_chosen", None)
+    cached.write_text(cached.read_text().replace('"fused_bf16_relu": false', '"fused_bf16_relu": true'))
+    assert speed_choices().fused_bf16_relu  # read back from the cache, not measured again
+    monkeypatch.setenv("VAELAB_SPEED", "plain")
+    assert speed_choices() == PLAIN
+
+
+def test_without_native_bf16_the_measurement_never_tries_bf16(without_native_bf16):
+    choices = measure_speed_choices(batch=8)
+    assert not choices.fused_bf16_relu and not any("bf16" in k for k in choices.measured_ms)

@@ -21,6 +21,7 @@ from vaelab.distributions import (
 )
 from vaelab.model.vae import VAE
 from vaelab.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vaelab.nets.accel import accelerate
 
 ImageShape = tuple[int, int, int]
 
@@ -62,4 +63,6 @@ def build_vae(config: ModelConfig, image_shape: ImageShape) -> VAE:
     encoder, decoder = _nets(
         config, image_shape, posterior.param_size(config.latent_dim), image_shape[0] * likelihood.params_per_channel
     )
+    # this CPU's measured speed choices (layout, fused kernels), applied from outside the networks
+    encoder, decoder = accelerate(encoder), accelerate(decoder)
     return VAE(encoder, posterior, prior, decoder, likelihood, config.latent_dim, image_shape)
