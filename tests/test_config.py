@@ -169,3 +169,113 @@ def test_invalid_value_in_file_names_file_and_key(tmp_path):
     path.write_text('[model]\nprior = "uniform"\n')
     with pytest.raises(VaelabError, match="model.prior"):
         RunConfig.load(path)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.lr=inf", "train.lr"),
+        ("train.lr=nan", "train.lr"),
+        ("train.lr=1e999", "train.lr"),  # TOML reads it as inf
+        ("objective.free_bits=nan", "objective.free_bits"),
+        ("objective.free_bits=inf", "objective.free_bits"),
+        ("objective.beta=nan", "objective.beta"),
+        ("objective.beta=inf", "objective.beta"),
+        ("model.likelihood_scale=inf", "model.likelihood_scale"),
+        ("train.adam_eps=nan", "train.adam_eps"),
+        ("train.ema_decay=nan", "train.ema_decay"),
+    ],
+)
+def test_non_finite_numbers_are_refused(override, needle):
+    with pytest.raises(VaelabError, match="finite") as info:
+        apply_overrides(RunConfig(), [override])
+    assert needle in str(info.value)
+
+
+def test_non_finite_covariance_entry_is_refused():
+    with pytest.raises(VaelabError, match=r"model.prior_cov.*finite"):
+        apply_overrides(RunConfig(), ["model.prior=correlated", "model.prior_cov=[[1.0, nan], [nan, 1.0]]"])
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (f"train.seed={2**64}", "train.seed"),  # beyond 64 bits: torch cannot seed with it
+        (f"train.seed={2**200}", "train.seed"),
+        ("train.seed=-1", "train.seed"),
+        (f"train.epochs={10**30}", "train.epochs"),
+        (f"model.hidden=[{2**70}]", "model.hidden"),
+        (f"train.lr={10**400}", "train.lr"),  # an integer no float can hold
+        ("train.threads=100000", "train.threads"),
+        ("train.device=cuda:x", "train.device"),
+    ],
+)
+def test_out_of_range_integers_are_refused(override, needle):
+    with pytest.raises(VaelabError) as info:
+        apply_overrides(RunConfig(), [override])
+    assert needle in str(info.value)
+
+
+def test_largest_seed_is_accepted():
+    assert apply_overrides(RunConfig(), [f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
+
+
+def test_validation_catches_values_set_in_code():
+    # a config built in code, not read from a file, is checked at validation just the same
+    config = RunConfig()
+    config.objective.free_bits = float("nan")
+    with pytest.raises(VaelabError, match="objective.free_bits"):
+        config.validate()
+    config = RunConfig()
+    config.train.seed = 2**64
+    with pytest.raises(VaelabError, match="train.seed"):
+        config.validate()
+
+
+def test_strings_a_path_cannot_hold_are_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\nname = "runs\\u0000x"\n')  # TOML's escape for NUL
+    with pytest.raises(VaelabError, match="data.name"):
+        RunConfig.load(path)
+    # a command line that is not UTF-8 reaches Python as lone surrogates, which no file can hold
+    with pytest.raises(VaelabError, match="data.data_dir"):
+        apply_overrides(RunConfig(), ["data.data_dir=caf\udce9"])
+
+
+def test_config_file_not_utf8_or_not_a_file(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[data]\nname = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(VaelabError, match="cannot read config file") as info:
+        RunConfig.load(latin)
+    assert str(latin) in str(info.value)
+    with pytest.raises(VaelabError, match="cannot read config file"):
+        RunConfig.load(tmp_path)  # a folder
+
+
+def test_deeply_nested_toml_is_an_error(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("v = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(VaelabError, match=str(path)):
+        RunConfig.load(path)
+    with pytest.raises(VaelabError, match="model.hidden"):
+        apply_overrides(RunConfig(), ["model.hidden=" + "[" * 100_000])
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[train]\nepochs = 1.5\n", "train.epochs"),
+        ('[train]\nlr = "fast"\n', "train.lr"),
+        ("[model]\nhidden = [[64]]\n", "model.hidden"),
+        ("[model]\nhidden = {a = 1}\n", "model.hidden"),
+        ("[[data]]\nname = 'x'\n", "[data]"),
+        ("epochs = 3\n", "epochs"),
+        ("[train]\nseed = 1979-05-27\n", "train.seed"),
+    ],
+)
+def test_wrong_types_in_a_file_name_the_key(tmp_path, text, needle):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(VaelabError) as info:
+        RunConfig.load(path)
+    assert needle in str(info.value)

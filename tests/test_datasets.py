@@ -118,8 +118,8 @@ def test_npz_missing_keys(tmp_path, missing):
     [
         ({"x_train": np.zeros((30, 784), np.uint8)}, "x_train"),  # flat vectors, not images
         ({"y_train": np.zeros((30, 1), np.int64)}, "y_train"),  # labels not 1-D
-        ({"y_test": np.zeros(11, np.int64)}, "test"),  # 12 test images, 11 labels
-        ({"x_test": np.zeros((12, 14, 14), np.uint8)}, "test"),  # test images of another size
+        ({"y_test": np.zeros(11, np.int64)}, r"12 test images but \(11,\) labels"),
+        ({"x_test": np.zeros((12, 14, 14), np.uint8)}, r"but test images \(1, 14, 14\)"),  # another size
         ({"x_train": np.full((30, 28, 28), 2.0, np.float32)}, "x_train"),  # floats outside [0, 1]
         ({"y_train": np.zeros(30, np.float32)}, "y_train"),  # float labels
     ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -25,6 +26,8 @@ import tomli_w
 
 from vaelab.errors import VaelabError
 
+MAX_THREADS = 1024  # beyond any CPU's core count; torch would start every one of them
+
 
 @dataclass
 class DataConfig:
@@ -37,6 +40,7 @@ class DataConfig:
     mmap: str = "auto"  # images from disk via numpy.memmap: auto (raw files >= 1 GiB) | always | never
 
     def validate(self) -> None:
+        _check_plain_values(self, "data")
         _one_of("data.binarize", self.binarize, ("none", "dynamic", "static"))
         _one_of("data.mmap", self.mmap, ("auto", "always", "never"))
         _at_least("data.validation_size", self.validation_size, 0)
@@ -59,6 +63,7 @@ class ModelConfig:
     decoder_bias: str = "default"  # default (the layer's init) | data-mean (p(x|z) starts at the data mean)
 
     def validate(self) -> None:
+        _check_plain_values(self, "model")
         _one_of("model.arch", self.arch, ("conv", "dense", "mlp"))
         _at_least("model.latent_dim", self.latent_dim, 1)
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
@@ -92,6 +97,7 @@ class ObjectiveConfig:
     free_bits: float = 0.0  # minimum KL per latent dimension, in nats (Kingma et al. 2016)
 
     def validate(self) -> None:
+        _check_plain_values(self, "objective")
         _one_of("objective.name", self.name, ("elbo", "iwae"))
         _one_of("objective.gradient", self.gradient, ("reparam", "dreg"))
         if self.beta < 0:
@@ -119,6 +125,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often (0: at epoch ends only)
 
     def validate(self) -> None:
+        _check_plain_values(self, "train")
         _at_least("train.epochs", self.epochs, 1)
         _at_least("train.batch_size", self.batch_size, 1)
         _at_least("train.eval_batch_size", self.eval_batch_size, 1)
@@ -127,14 +134,18 @@ class TrainConfig:
         _at_least("train.seed", self.seed, 0)
         _one_of("train.precision", self.precision, ("fp32", "bf16"))
         _at_least("train.threads", self.threads, 0)
+        if self.threads > MAX_THREADS:
+            raise VaelabError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
         if not 0 <= self.checkpoint_minutes < math.inf:
-            raise VaelabError(f"train.checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}")
+            raise VaelabError(
+                f"train.checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise VaelabError(f"train.ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise VaelabError(f"train.device must be cpu, cuda or cuda:N; got {self.device!r}")
 
 
@@ -184,6 +195,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise VaelabError(f"config file {path} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise VaelabError(f"config file {path} nests its arrays or tables too deeply to read") from None
 
 
 def apply_dict(config: RunConfig, raw: dict[str, Any], where: str = "config") -> None:
@@ -209,15 +222,17 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             raise VaelabError(f"--set expects section.key=value (for example train.lr=3e-4), got {item!r}")
         section_name, key = parts
         section = _section(config, section_name, "--set")
-        _set(section, section_name, key, _parse_value(text.strip()), "--set")
+        _set(section, section_name, key, _parse_value(text.strip(), dotted.strip()), "--set")
     return config.validate()
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, name: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text  # a bare word such as `conv` is a string
+    except RecursionError:
+        raise VaelabError(f"--set {name}: the value nests its arrays too deeply to read") from None
 
 
 def _section(config: RunConfig, name: str, where: str) -> Any:
@@ -252,7 +267,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond any float
+                raise VaelabError(
+                    f"{name} must be a finite number, got an integer of {len(str(value))} digits"
+                ) from None
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -269,3 +289,27 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise VaelabError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_plain_values(section: Any, section_name: str) -> None:
+    """Every value of a section is one a run can use: finite floats, integers within TOML's 64 bits,
+    strings that a file name and a UTF-8 file can hold."""
+    for field_ in dataclasses.fields(section):
+        _check_plain_value(f"{section_name}.{field_.name}", getattr(section, field_.name))
+
+
+def _check_plain_value(name: str, value: Any) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _check_plain_value(name, item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise VaelabError(f"{name} must be a finite number, got {value}")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise VaelabError(f"{name} = {value} does not fit in a 64-bit integer")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise VaelabError(f"{name} must not contain a NUL character, got {value!r}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise VaelabError(f"{name} is not valid text (undecodable bytes on the command line?): {value!r}") from None

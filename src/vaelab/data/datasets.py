@@ -14,8 +14,12 @@ which reads only the rows of each batch (the labels are read into memory).
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.core.memory import require_memory
 from vaelab.data.idx import is_raw_idx, memmap_idx, read_idx
 from vaelab.data.sources import (
     SPLIT_FILES,
@@ -56,8 +61,11 @@ FASHION_MNIST_FILES = RemoteFiles(
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
 )
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-NPY_FILES = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+NPY_FILES = tuple(f"{key}.npy" for key in NPZ_ARRAYS)
 
+# What reading a damaged .npy raises: numpy's header parser lets SyntaxError and TokenError through.
+_UNREADABLE_NPY = (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError)
 # Memory-map raw files at least this big when the caller leaves it to us (mmap=None).
 MMAP_AUTO_BYTES = 1 << 30
 # The loading policy of the load_dataset call in progress: True, False, or None (by size).
@@ -91,6 +99,12 @@ class ImageDataset:
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise VaelabError(
                     f"{self.name}: {split} images must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}"
+                )
+            if len(x) == 0:
+                raise VaelabError(f"{self.name}: the {split} split of {self.source} has no images")
+            if 0 in x.shape[1:]:
+                raise VaelabError(
+                    f"{self.name}: {split} images of {self.source} have an empty dimension: {tuple(x.shape)}"
                 )
             if y.dim() != 1 or len(y) != len(x):
                 raise VaelabError(f"{self.name}: {len(x)} {split} images but {tuple(y.shape)} labels; they must match")
@@ -231,46 +245,79 @@ def load_npy_folder(folder: Path, name: str) -> ImageDataset:
         path = folder / file_name
         mapped = file_name.startswith("x_") and _memory_map(path, raw=True)
         try:
-            arrays.append(np.load(path, mmap_mode="c" if mapped else None, allow_pickle=False))
+            # mapped first even when read into memory: mapping checks the header's size against the file's
+            array = np.load(path, mmap_mode="c" if mapped else "r", allow_pickle=False)
         except FileNotFoundError:
             raise VaelabError(f"{folder} lacks {file_name}, one of the four .npy files of {name}") from None
-        except (OSError, ValueError) as err:
+        except _UNREADABLE_NPY as err:
             raise VaelabError(f"{path} is not a readable .npy file ({err})") from None
+        if not isinstance(array, np.ndarray):
+            raise VaelabError(f"{path} is not a .npy file (it holds {type(array).__name__})")
+        if not mapped:
+            require_memory(array.nbytes, f"{path} (an array of shape {array.shape})")
+            array = np.array(array)
+        arrays.append(array)
     return _from_arrays(name, *arrays, source=str(folder), class_names=())
 
 
 def load_npz(path: Path, name: str) -> ImageDataset:
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            missing = [key for key in NPZ_ARRAYS if f"{key}.npy" not in archive.namelist()]
             if missing:
-                raise VaelabError(
-                    f"{path} lacks the arrays {', '.join(missing)} (needs x_train, y_train, x_test, y_test)"
-                )
-            arrays = [archive[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+                raise VaelabError(f"{path} lacks the arrays {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
+            arrays = [_npz_array(archive, key, path) for key in NPZ_ARRAYS]
     except FileNotFoundError:
         raise VaelabError(f"data file {path} does not exist") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except (*_UNREADABLE_NPY, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
         raise VaelabError(f"{path} is not a readable .npz file ({err})") from None
     return _from_arrays(name, *arrays, source=str(path), class_names=())
+
+
+def _npz_array(archive: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
+    """One array of an .npz archive, its sizes checked before they are trusted: the member's against
+    the memory available, the .npy header's shape against the bytes the member holds."""
+    info = archive.getinfo(f"{key}.npy")
+    where = f"{path}: {key}"
+    if info.flag_bits & 0x1:
+        raise VaelabError(f"{where} is encrypted")
+    require_memory(info.file_size, f"{where} ({info.file_size} bytes uncompressed)")
+    with archive.open(info) as member:
+        content = member.read()  # never more than info.file_size
+    stream = io.BytesIO(content)
+    version = np.lib.format.read_magic(stream)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in read_header:
+        raise VaelabError(f"{where} is a .npy file of version {version}; save it with numpy.savez")
+    shape, fortran_order, dtype = read_header[version](stream)
+    if dtype.kind not in "biuf":
+        raise VaelabError(f"{where} holds {dtype} values; images and labels must be numbers")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(content) - stream.tell() != expected:
+        raise VaelabError(
+            f"{where} declares shape {shape} of {dtype} ({expected} bytes) but holds "
+            f"{len(content) - stream.tell()} bytes; the file is corrupt"
+        )
+    array = np.frombuffer(content, dtype, math.prod(shape), offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _from_arrays(name, x_train, y_train, x_test, y_test, source, class_names) -> ImageDataset:
     return ImageDataset(
         name=name,
-        x_train=_images(x_train, name, "x_train"),
-        y_train=_labels(y_train, name, "y_train"),
-        x_test=_images(x_test, name, "x_test"),
-        y_test=_labels(y_test, name, "y_test"),
+        x_train=_images(x_train, source, "x_train"),
+        y_train=_labels(y_train, source, "y_train"),
+        x_test=_images(x_test, source, "x_test"),
+        y_test=_labels(y_test, source, "y_test"),
         source=source,
         class_names=tuple(class_names),
         memory_mapped=isinstance(x_train, np.memmap),
     )
 
 
-def _images(array: np.ndarray, name: str, key: str) -> torch.Tensor:
-    """N x H x W, N x H x W x C (C in 1, 3) or N x C x H x W; uint8, or floats in [0, 1].
+def _images(array: np.ndarray, source: str, key: str) -> torch.Tensor:
+    """N x H x W, N x H x W x C (C in 1, 3) or N x C x H x W; uint8, or finite floats in [0, 1].
 
     A memory-mapped array stays on disk: the tensor is a view of the mapping (uint8 only).
     """
@@ -278,7 +325,7 @@ def _images(array: np.ndarray, name: str, key: str) -> torch.Tensor:
     array = np.asarray(array)
     if mapped and array.dtype != np.uint8:
         raise VaelabError(
-            f"{name}: {key} is memory-mapped but holds {array.dtype}; only uint8 images can be used from disk "
+            f"{source}: {key} is memory-mapped but holds {array.dtype}; only uint8 images can be used from disk "
             "(convert the file to uint8, or load it into memory with mmap=False / data.mmap = 'never')"
         )
     if array.ndim == 3:
@@ -286,20 +333,31 @@ def _images(array: np.ndarray, name: str, key: str) -> torch.Tensor:
     elif array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     elif array.ndim != 4:
-        raise VaelabError(f"{name}: {key} must be N x H x W or N x C x H x W images, got shape {array.shape}")
+        raise VaelabError(f"{source}: {key} must be N x H x W or N x C x H x W images, got shape {array.shape}")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
-            raise VaelabError(f"{name}: {key} must be uint8 or floats in [0, 1], got {array.dtype}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise VaelabError(f"{source}: {key} must be uint8 or floats in [0, 1], got {array.dtype}")
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise VaelabError(
+                f"{source}: {key} holds {array.size - np.count_nonzero(finite)} NaN or infinite values; "
+                "images must be finite"
+            )
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise VaelabError(
+                f"{source}: {key} holds floats from {array.min()} to {array.max()}; float images must lie in "
+                "[0, 1] (or be stored as uint8 0-255)"
+            )
         array = np.rint(array * 255)
     if mapped:
         return torch.from_numpy(array)  # a (possibly strided) view of the copy-on-write mapping
     return torch.from_numpy(np.array(array, dtype=np.uint8, order="C"))  # a writable copy
 
 
-def _labels(array: np.ndarray, name: str, key: str) -> torch.Tensor:
+def _labels(array: np.ndarray, source: str, key: str) -> torch.Tensor:
     array = np.asarray(array)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise VaelabError(f"{name}: {key} must be a 1-D integer array, got {array.dtype} {array.shape}")
+        raise VaelabError(f"{source}: {key} must be a 1-D integer array, got {array.dtype} {array.shape}")
     return torch.from_numpy(np.array(array, dtype=np.int64))
 
 

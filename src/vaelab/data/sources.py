@@ -8,7 +8,6 @@ remembered in the user cache, keyed by path, size and modification time, so it i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
-from vaelab.data.idx import gunzip_if_compressed, read_bytes
+from vaelab.data.idx import content_md5
 from vaelab.errors import VaelabError
 from vaelab.io import atomic_write, atomic_write_json
 
@@ -52,7 +51,7 @@ def folder_has_idx_set(folder: Path) -> bool:
 
 
 def md5_of_content(path: Path) -> str:
-    return hashlib.md5(read_bytes(path)).hexdigest()
+    return content_md5(Path(path), str(path))
 
 
 def _verified_record() -> Path:
@@ -103,11 +102,11 @@ def download(remote: RemoteFiles, dest: Path, timeout: float = 30.0) -> Path:
                 errors.append(f"{url}: {err}")
                 continue
             try:
-                content = gunzip_if_compressed(payload, url)
+                actual = content_md5(payload, url)
             except VaelabError as err:
                 errors.append(str(err))
                 continue
-            if hashlib.md5(content).hexdigest() != expected:
+            if actual != expected:
                 errors.append(f"{url}: checksum mismatch")
                 continue
             atomic_write(target, lambda tmp, data=payload: tmp.write_bytes(data))
