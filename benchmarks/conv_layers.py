@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from vaelab.allocator import retain_freed_memory
 from vaelab.bench.suite import matmul_peak
+from vaelab.core.platform import cpu_capabilities
 
 BATCH = 128
 # name, kind, in channels, out channels, input size (the study's network, 28 x 28 MNIST)
@@ -47,8 +48,11 @@ def best_ms(f, repeats: int = 30) -> float:
 def main() -> None:
     retain_freed_memory()
     cl = torch.channels_last
-    for dtype in (torch.float32, torch.bfloat16):
-        print(f"\n{dtype}: matrix-multiply peak {matmul_peak(dtype):.0f} GFLOP/s\n")
+    cpu = cpu_capabilities()
+    if not cpu.native_bf16:
+        print(f"bf16 skipped: {cpu.why_no_bf16()}")
+    for dtype in (torch.float32, torch.bfloat16) if cpu.native_bf16 else (torch.float32,):
+        print(f"\n{dtype}: matrix-multiply peak {matmul_peak(dtype).gflops:.0f} GFLOP/s\n")
         print("| layer | forward ms | GFLOP/s | forward + backward ms | GFLOP/s |")
         print("|---|---|---|---|---|")
         for name, kind, cin, cout, size in LAYERS:

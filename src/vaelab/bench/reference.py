@@ -8,7 +8,7 @@ No tuning. Same architectures and the same FLOPs as vaelab's models.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,28 +77,28 @@ def mlp_vae(hidden: list[int], d: int, activation=nn.ReLU) -> ReferenceVAE:
     return ReferenceVAE(encoder, decoder)
 
 
-def train_throughput(
-    model: ReferenceVAE, images_uint8: torch.Tensor, steps: int, warmup: int, batch_size: int = 128, windows: int = 5
-) -> float:
-    """Images per second of the plain loop: the best of ``windows`` windows of ``steps // windows``
-    steps after ``warmup`` steps (timed as vaelab's own loop is)."""
+def training_step(model: ReferenceVAE, images_uint8: torch.Tensor, batch_size: int = 128) -> Callable[[], int]:
+    """One step of the plain loop per call (the next batch from its DataLoader, then the update);
+    returns the images it trained on. The benchmark times it as it times vaelab's own step."""
     loader = DataLoader(MNISTDataset(images_uint8), batch_size=batch_size, shuffle=True, drop_last=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    per_window = max(1, steps // windows)
-    marks = {warmup + i * per_window for i in range(windows + 1)}
-    done, times = 0, []
+    batches = _forever(loader)
+
+    def step() -> int:
+        x = next(batches)
+        recon, mu, logvar = model(x)
+        bce = F.binary_cross_entropy(recon, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (bce + kl) / len(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        return len(x)
+
+    return step
+
+
+def _forever(loader: DataLoader):
     while True:
-        for x in loader:
-            if done in marks:
-                times.append(time.perf_counter())
-                if len(times) == windows + 1:
-                    return max(per_window * batch_size / (b - a) for a, b in zip(times, times[1:]))
-            recon, mu, logvar = model(x)
-            bce = F.binary_cross_entropy(recon, x, reduction="sum")
-            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-            loss = (bce + kl) / len(x)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            done += 1
+        yield from loader
