@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from vaelab.core.registry import LIKELIHOODS
+
 
 class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod Bernoulli(sigmoid(logits)), evaluated from logits (no sigmoid-then-log)."""
@@ -45,3 +47,13 @@ class GaussianLikelihood(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
+
+
+@LIKELIHOODS.register("bernoulli", "Bernoulli from logits; on grey levels a cross-entropy, not a log-likelihood")
+def _bernoulli(config) -> BernoulliLikelihood:
+    return BernoulliLikelihood()
+
+
+@LIKELIHOODS.register("gaussian", "Gaussian with a fixed scale (model.likelihood_scale), normalised")
+def _gaussian(config) -> GaussianLikelihood:
+    return GaussianLikelihood(config.likelihood_scale)

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
+from vaelab.core.registry import POSTERIORS
+
 
 class DiagonalGaussian(nn.Module):
     """q(z|x) = N(mu, diag sigma^2); the encoder outputs mu and log sigma^2 (the study's choice)."""
@@ -78,3 +80,10 @@ def rsample_rows(q: Independent, sample_shape: torch.Size, rows: slice, total: i
     shape = torch.Size(sample_shape) + (total,) + loc.shape[-1:]
     eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()  # as torch's Normal.rsample
     return reparameterize(q, eps[..., rows, :])
+
+
+@POSTERIORS.register("diagonal", "N(mu, diag sigma^2) from the encoder (model.prior_sampling = study: the study's sampler)")
+def _diagonal(config, prior: nn.Module) -> nn.Module:
+    if config.prior_sampling == "study":
+        return DiagonalGaussianStudySampling(prior.scale_tril)
+    return DiagonalGaussian()

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from vaelab.core.registry import PRIORS
 from vaelab.errors import VaelabError
 
 STUDY_CORRELATION = 0.8  # the study does not print its Sigma; this is vaelab's documented default
@@ -67,3 +68,13 @@ class CorrelatedGaussian(nn.Module):
 
     def forward(self) -> Distribution:
         return MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False)
+
+
+@PRIORS.register("standard", "N(0, I)")
+def _standard(config) -> StandardNormal:
+    return StandardNormal(config.latent_dim)
+
+
+@PRIORS.register("correlated", "N(0, Sigma), Sigma = model.prior_cov (default: the study's, correlation 0.8)")
+def _correlated(config) -> CorrelatedGaussian:
+    return CorrelatedGaussian(config.prior_cov or study_covariance(config.latent_dim))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vaelab.core.registry import OBJECTIVES
 from vaelab.distributions.kl import kl_terms
 from vaelab.distributions.posteriors import detached, rsample_rows
 
@@ -155,7 +156,19 @@ class IWAE:
         return Terms(loss, -bound, -log_px_z[0], kl, kl_per_dim)
 
 
+@OBJECTIVES.register("elbo", "the ELBO, one sample (beta, KL warm-up and free bits optional)")
+def _elbo(config) -> ELBO:
+    return ELBO(beta=config.beta, free_bits=config.free_bits)
+
+
+@OBJECTIVES.register("iwae", "the k-sample importance-weighted bound (gradient: reparam or dreg)")
+def _iwae(config) -> IWAE:
+    return IWAE(config.k, config.gradient)
+
+
 def make_objective(name: str, beta: float = 1.0, k: int = 1, free_bits: float = 0.0, gradient: str = "reparam"):
-    if name == "iwae":
-        return IWAE(k, gradient)
-    return ELBO(beta=beta, free_bits=free_bits)
+    """The objective registered as ``name``; an unknown name is an error, never a fallback."""
+    from vaelab.config import ObjectiveConfig
+
+    config = ObjectiveConfig(name=name, beta=beta, k=k, free_bits=free_bits, gradient=gradient)
+    return OBJECTIVES.get(name)(config)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vaelab.core.registry import ARCHITECTURES
 from vaelab.errors import VaelabError
 
 
@@ -83,3 +84,8 @@ class ConvDecoder(nn.Module):
         layer has one bias per channel, so it can match the channel's mean intensity, no more)."""
         last = self.net[-1]
         last.bias.copy_(output_for_mean(mean_image.reshape(last.bias.shape[0], -1).mean(1)))
+
+
+@ARCHITECTURES.register("conv", "the study's conv pair (Keras' VAE example): 2 strided convs, dense 16, and back")
+def conv_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tuple[nn.Module, nn.Module]:
+    return ConvEncoder(image_shape, encoder_out), ConvDecoder(config.latent_dim, image_shape, decoder_out)

@@ -8,20 +8,23 @@ import math
 import torch
 from torch import nn
 
-ACTIVATIONS = {
+from vaelab.core.registry import ACTIVATIONS, ARCHITECTURES
+
+for _name, _layer in {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
     "softplus": nn.Softplus,
-}
+}.items():
+    ACTIVATIONS.register(_name, f"torch.nn.{_layer.__name__}")(_layer)
 
 
 def _activation(name: str) -> nn.Module:
     # a ReLU straight after a Linear may overwrite its output: nothing else reads it (autograd keeps
     # the Linear's input, and the ReLU's own output), so it runs in place and allocates nothing
-    return nn.ReLU(inplace=True) if name == "relu" else ACTIVATIONS[name]()
+    return nn.ReLU(inplace=True) if name == "relu" else ACTIVATIONS.get(name)()
 
 
 def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
@@ -66,3 +69,20 @@ class MLPDecoder(nn.Module):
         """Set the last layer's bias, pixel by pixel, to ``output_for_mean(mean_image)`` (C x H x W)."""
         last = self.net[0][-1]
         last.bias.copy_(output_for_mean(mean_image).reshape(last.bias.shape))
+
+
+@ARCHITECTURES.register("dense", "the study's dense pair, 784-512-256-d and back, ReLU")
+def dense_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tuple[nn.Module, nn.Module]:
+    return (
+        MLPEncoder(image_shape, [512, 256], encoder_out, "relu"),
+        MLPDecoder(config.latent_dim, image_shape, [512, 256], decoder_out, "relu"),
+    )
+
+
+@ARCHITECTURES.register("mlp", "fully connected, model.hidden widths and model.activation (Burda et al.: [200, 200], tanh)")
+def mlp_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tuple[nn.Module, nn.Module]:
+    hidden = list(config.hidden)
+    return (
+        MLPEncoder(image_shape, hidden, encoder_out, config.activation),
+        MLPDecoder(config.latent_dim, image_shape, hidden, decoder_out, config.activation),
+    )
