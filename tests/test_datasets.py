@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+from types import SimpleNamespace
+
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -147,6 +152,129 @@ def test_npz_refuses_pickled_objects(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(VaelabError):
         load_dataset(str(path))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("key", ["x_train", "x_test"])
+def test_npz_non_finite_pixels_are_refused(tmp_path, bad, key):
+    arrays = _arrays()
+    images = arrays[key].astype(np.float32) / 255
+    images[1, 2, 3] = bad
+    path = tmp_path / "nan.npz"
+    np.savez(path, **dict(arrays, **{key: images}))
+    with pytest.raises(VaelabError, match="1 NaN or infinite values") as info:
+        load_dataset(str(path))
+    assert str(path) in str(info.value) and key in str(info.value)
+
+
+def test_npz_float_pixels_outside_unit_range_say_the_range(tmp_path):
+    arrays = _arrays()
+    path = tmp_path / "grey.npz"
+    np.savez(path, **dict(arrays, x_test=arrays["x_test"].astype(np.float64)))  # 0-255 stored as floats
+    with pytest.raises(VaelabError, match=r"x_test holds floats from 0.0 to 255.0; float images must lie in \[0, 1\]"):
+        load_dataset(str(path))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_empty_split_is_refused(tmp_path, split, dtype):
+    arrays = _arrays()
+    arrays[f"x_{split}"] = np.zeros((0, 28, 28), dtype)
+    arrays[f"y_{split}"] = np.zeros(0, np.int64)
+    path = tmp_path / "empty.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(VaelabError, match=f"the {split} split of .*empty.npz has no images"):
+        load_dataset(str(path))
+
+
+def test_images_with_an_empty_dimension_are_refused(tmp_path):
+    path = tmp_path / "flat.npz"
+    np.savez(path, **dict(_arrays(), x_train=np.zeros((30, 0, 28), np.uint8), x_test=np.zeros((12, 0, 28), np.uint8)))
+    with pytest.raises(VaelabError, match="empty dimension"):
+        load_dataset(str(path))
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_npz_empty_truncated_or_a_bare_npy(tmp_path):
+    valid = _npz_bytes(**_arrays())
+    for name, content in [
+        ("empty.npz", b""),  # 0 bytes: was `Aborted.`, exit 1, through the CLI
+        ("half.npz", valid[: len(valid) // 2]),
+        ("cut-end.npz", valid[:-10]),
+        ("array.npz", valid[valid.index(b"\x93NUMPY") :]),  # a bare .npy under an .npz name
+    ]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(VaelabError, match="not a readable .npz file") as info:
+            load_dataset(str(path))
+        assert str(path) in str(info.value)
+
+
+def _npy_member(shape, descr: str = "|u1", body: bytes = b"") -> bytes:
+    header = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode("latin1")
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + body
+
+
+def _npz_with_member(path, key: str, member: bytes) -> None:
+    valid = zipfile.ZipFile(io.BytesIO(_npz_bytes(**_arrays())))
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in valid.namelist():
+            archive.writestr(name, member if name == f"{key}.npy" else valid.read(name))
+
+
+def test_npz_member_declaring_absurd_shape_is_refused_before_allocating(tmp_path):
+    # a 100-byte member whose header declares 2^62 images: numpy's own reader would allocate them first
+    path = tmp_path / "absurd.npz"
+    _npz_with_member(path, "x_train", _npy_member((2**62, 28, 28), body=bytes(100)))
+    with pytest.raises(VaelabError, match=r"x_train declares shape \(4611686018427387904, 28, 28\)") as info:
+        load_dataset(str(path))
+    assert str(path) in str(info.value) and "holds 100 bytes" in str(info.value)
+
+
+def test_npz_member_of_wrong_length_or_type(tmp_path):
+    path = tmp_path / "short.npz"
+    _npz_with_member(path, "y_test", _npy_member((12,), "<i8", bytes(8 * 11)))  # one label short
+    with pytest.raises(VaelabError, match="y_test declares shape"):
+        load_dataset(str(path))
+    _npz_with_member(path, "y_test", _npy_member((12,), "<U3", bytes(12 * 12)))  # strings, not numbers
+    with pytest.raises(VaelabError, match="y_test holds <U3 values"):
+        load_dataset(str(path))
+
+
+def test_sizes_are_compared_with_the_memory_available(tmp_path, monkeypatch):
+    arrays = dict(_arrays(), x_train=np.zeros((3000, 28, 28), np.uint8), y_train=np.zeros(3000, np.int64))
+    np.savez(tmp_path / "big.npz", **arrays)
+    folder = write_fake_idx_set(tmp_path / "idx", n_train=3000)
+    assert load_dataset(str(tmp_path / "big.npz")).x_train.shape[0] == 3000
+    # the same files on a machine with 1 MiB free: refused before reading, saying what is available
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1 << 20))
+    with pytest.raises(VaelabError, match=r"big.npz: x_train .* would need about 2.2 MiB of memory; only 1.0 MiB is available"):
+        load_dataset(str(tmp_path / "big.npz"))
+    with pytest.raises(VaelabError, match=r"train-images-idx3-ubyte .*of shape \(3000, 28, 28\).* only 1.0 MiB"):
+        load_dataset(str(folder), mmap=False)
+
+
+def test_npy_folder_truncated_or_nan(tmp_path):
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    arrays = _arrays()
+    for key, array in arrays.items():
+        np.save(folder / f"{key}.npy", array)
+    content = (folder / "x_train.npy").read_bytes()
+    (folder / "x_train.npy").write_bytes(content[:-5])
+    with pytest.raises(VaelabError, match="x_train.npy is not a readable .npy file"):
+        load_dataset(str(folder))
+    images = arrays["x_train"].astype(np.float32) / 255
+    images[0, 0, 0] = np.nan
+    np.save(folder / "x_train.npy", images)
+    with pytest.raises(VaelabError, match="x_train holds 1 NaN or infinite values"):
+        load_dataset(str(folder))
 
 
 # --- splits ----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -129,6 +131,74 @@ def test_corrupt_gzip_checksum(tmp_path, images):
     path.write_bytes(bytes(packed))
     with pytest.raises(VaelabError, match="corrupt or truncated gzip"):
         read_idx(path)
+
+
+def _gzip_stream(header: bytes, zeros: int) -> bytes:
+    """gzip of ``header`` then ``zeros`` zero bytes, compressed piecewise (never held inflated here)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [packer.compress(header)]
+    chunk = bytes(1 << 20)
+    for start in range(0, zeros, len(chunk)):
+        parts.append(packer.compress(chunk[: zeros - start]))
+    return b"".join(parts) + packer.flush()
+
+
+def _peak_traced_bytes(call) -> int:
+    """The largest amount of memory Python and numpy held at once while ``call()`` ran."""
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_bomb_is_never_inflated(tmp_path):
+    # the header declares 10 bytes of labels; the gzip stream inflates to 64 MiB
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(_gzip_stream(bytes([0, 0, 0x08, 1]) + (10).to_bytes(4, "big"), 64 << 20))
+    assert path.stat().st_size < 1 << 20
+
+    def read():
+        with pytest.raises(VaelabError, match="longer than its header says") as info:
+            read_idx(path)
+        assert str(path) in str(info.value)
+
+    assert _peak_traced_bytes(read) < 4 << 20
+
+
+def test_checksum_of_a_gzip_bomb_is_streamed(tmp_path):
+    path = tmp_path / "big.gz"
+    path.write_bytes(_gzip_stream(b"", 32 << 20))
+    digests = []
+    assert _peak_traced_bytes(lambda: digests.append(sources.md5_of_content(path))) < 8 << 20
+    assert digests == [hashlib.md5(bytes(32 << 20)).hexdigest()]
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [(2**16,) * 4, (2**32 - 1,) * 3, (2**32 - 1, 2**32 - 1)],
+    ids=["product-2^64-wraps-to-0-in-int64", "product-beyond-2^64", "terabytes"],
+)
+@pytest.mark.parametrize("packing", ["raw", "gzip"])
+def test_absurd_header_is_refused_before_allocating(tmp_path, dims, packing):
+    header = bytes([0, 0, 0x08, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    path = tmp_path / "absurd"
+    path.write_bytes(gzip.compress(header + bytes(100)) if packing == "gzip" else header)
+    with pytest.raises(VaelabError, match="of memory; only .* is available") as info:
+        read_idx(path)
+    assert str(path) in str(info.value) and str(dims) in str(info.value)
+
+
+def test_gzip_shorter_than_its_header_says(tmp_path, images):
+    raw = tmp_path / "raw"
+    write_idx(raw, images)
+    path = tmp_path / "short.gz"
+    path.write_bytes(gzip.compress(raw.read_bytes()[:-3]))  # a complete gzip stream of too little data
+    with pytest.raises(VaelabError, match="truncated") as info:
+        read_idx(path)
+    assert "(5, 7, 3)" in str(info.value)
 
 
 def test_missing_file(tmp_path):

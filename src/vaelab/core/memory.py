@@ -7,13 +7,20 @@ import psutil
 from vaelab.errors import VaelabError
 
 
-def gib(nbytes: int) -> str:
-    tenths = nbytes * 10 // 2**30  # in integers: a size declared by a file can exceed any float
-    return f"{tenths // 10:,}.{tenths % 10} GiB"
+def size_text(nbytes: int) -> str:
+    """``nbytes`` in the largest binary unit it fills, up to EiB."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = min((max(nbytes, 1).bit_length() - 1) // 10, len(units) - 1)
+    if power == 0:
+        return f"{nbytes:,} bytes"
+    tenths = nbytes * 10 // 1024**power  # in integers: a size declared by a file can exceed any float
+    return f"{tenths // 10:,}.{tenths % 10} {units[power]}"
 
 
 def require_memory(nbytes: int, what: str) -> None:
     """Refuse ``what`` (a phrase such as "the images of data/x.gz") if it needs more than the memory available."""
     available = psutil.virtual_memory().available
     if nbytes > available:
-        raise VaelabError(f"{what} would need about {gib(nbytes)} of memory; only {gib(available)} is available")
+        raise VaelabError(
+            f"{what} would need about {size_text(nbytes)} of memory; only {size_text(available)} is available"
+        )
