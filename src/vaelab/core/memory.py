@@ -17,10 +17,12 @@ def size_text(nbytes: int) -> str:
     return f"{tenths // 10:,}.{tenths % 10} {units[power]}"
 
 
-def require_memory(nbytes: int, what: str) -> None:
-    """Refuse ``what`` (a phrase such as "the images of data/x.gz") if it needs more than the memory available."""
+def require_memory(nbytes: int, what: str, advice: str = "") -> None:
+    """Refuse ``what`` (a phrase such as "data/x.gz (an IDX file of shape ...)") if it needs more than
+    the memory available now; ``advice`` says what to change."""
     available = psutil.virtual_memory().available
     if nbytes > available:
         raise VaelabError(
             f"{what} would need about {size_text(nbytes)} of memory; only {size_text(available)} is available"
+            + (f"; {advice}" if advice else "")
         )

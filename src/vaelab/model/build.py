@@ -5,17 +5,56 @@ Adding a variant means registering it where it is defined; nothing here changes.
 
 from __future__ import annotations
 
+import torch
+
 from vaelab.config import ModelConfig
+from vaelab.core.memory import require_memory
 from vaelab.core.registry import ARCHITECTURES, LIKELIHOODS, POSTERIORS, PRIORS
+from vaelab.errors import VaelabError
 from vaelab.model.vae import VAE
 from vaelab.nets.accel import accelerate
 
 ImageShape = tuple[int, int, int]
+_SIZE_KEYS = "model.latent_dim, model.hidden or train.batch_size"
 
 
-def build_vae(config: ModelConfig, image_shape: ImageShape) -> VAE:
-    """The model ``config`` names, each slot taken from its registry."""
+def check_memory(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> None:
+    """Refuse, before anything is allocated, a model that would not train in the memory available:
+    its weights with their gradients and Adam's two moments (4 float32 copies), and roughly the
+    activations of ``batch`` images (every layer's output, kept for the backward pass, and its gradient).
+
+    The networks are built and run on torch's meta device, which computes shapes and allocates nothing.
+    """
+    try:
+        with torch.device("meta"):
+            # output sizes as the widest posterior and likelihood need: 2 numbers per latent dimension / channel
+            nets = ARCHITECTURES.get(config.arch)(config, image_shape, 2 * config.latent_dim, 2 * image_shape[0])
+            outputs: list[int] = []
+            for layer in (m for net in nets for m in net.modules() if not any(m.children())):
+                layer.register_forward_hook(lambda _layer, _input, out: outputs.append(out.numel()))
+            nets[1](nets[0](torch.empty(1, *image_shape))[:, : config.latent_dim])
+    except (RuntimeError, TypeError, OverflowError) as err:  # sizes torch cannot even count in 64 bits
+        reason = str(err).partition("\n")[0]
+        raise VaelabError(
+            f"a {config.arch} model of latent_dim {config.latent_dim} on images of {tuple(image_shape)} is too large "
+            f"to allocate ({reason}); lower {_SIZE_KEYS}"
+        ) from None
+    weights = sum(p.numel() for net in nets for p in net.parameters())
+    if config.prior == "correlated":  # a full covariance and its Cholesky factor
+        weights += 2 * config.latent_dim**2
+    require_memory(
+        4 * (4 * weights + 2 * batch * sum(outputs)),
+        f"a {config.arch} model of {weights:,} weights (latent_dim {config.latent_dim}) trained on batches of "
+        f"{batch} images of {tuple(image_shape)}",
+        f"lower {_SIZE_KEYS}",
+    )
+
+
+def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> VAE:
+    """The model ``config`` names, each slot taken from its registry; refused first if training it on
+    ``batch`` images at a time (times importance samples) would not fit in memory."""
     config.validate()
+    check_memory(config, image_shape, batch)
     prior = PRIORS.get(config.prior)(config)
     posterior = POSTERIORS.get(config.posterior)(config, prior)
     likelihood = LIKELIHOODS.get(config.likelihood)(config)
