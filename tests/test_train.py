@@ -306,3 +306,85 @@ def test_decoder_bias_data_mean_starts_at_the_training_split_mean(tmp_path):
     torch.testing.assert_close(trainer.model.decoder.net[0][-1].bias.detach(), expected)
     default = Trainer(tiny_config(), tmp_path / "default", figures=False)
     assert not torch.allclose(default.model.decoder.net[0][-1].bias, expected)
+
+
+# --- never a NaN model -----------------------------------------------------------------------
+
+ONE_STEP = ["data.train_limit=64", "train.epochs=1"]  # one optimiser step per epoch: it is the last step
+
+
+def _logged(run_dir: Path) -> list[dict]:
+    return _records(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
+
+
+def test_a_last_step_that_makes_the_weights_non_finite_saves_nothing(tmp_path):
+    from vaelab import VaelabError
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(*ONE_STEP, "train.lr=1e38"), run_dir, figures=False)
+    with pytest.raises(VaelabError, match=r"diverged in epoch 1: NaN or inf in the weights") as caught:
+        trainer.fit(progress=False)
+    assert not _finite(trainer.model), "the run was meant to diverge in its last step"
+    assert "train.lr = 1e+38 is high" in str(caught.value) and "Nothing was saved" in str(caught.value)
+    assert not (run_dir / CHECKPOINT).exists() and not (run_dir / "model.safetensors").exists()
+    assert not (run_dir / "model.json").exists() and _logged(run_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("validation", "split"), [("data.validation_size=256", "validation"), ("data.validation_size=0", "test")]
+)
+def test_a_divergence_seen_only_on_held_out_images_saves_no_model(tmp_path, validation, split):
+    """Finite weights after the last step, but the held-out bound overflows: no NaN numbers, no model."""
+    from vaelab import VaelabError
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(*ONE_STEP, "train.lr=1e6", validation), run_dir, figures=False)
+    with pytest.raises(VaelabError, match=f"diverged in epoch 1: the {split} .* came out NaN or inf"):
+        trainer.fit(progress=False)
+    assert _finite(trainer.model), "the weights were meant to stay finite"
+    assert not (run_dir / "model.json").exists() and not (run_dir / "model.safetensors").exists()
+    assert all(r["split"] == "train" for r in _logged(run_dir))
+    assert (run_dir / CHECKPOINT).exists() == (split == "test")  # the epoch itself was fine
+
+
+def test_a_later_divergence_keeps_the_last_good_checkpoint_resumable(tmp_path):
+    from vaelab import VaelabError
+
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(*ONE_STEP), run_dir, figures=False).fit(progress=False)
+    good_checkpoint, good_model = (run_dir / CHECKPOINT).read_bytes(), (run_dir / "model.safetensors").read_bytes()
+
+    def resume_to_epoch_2(lr: float) -> Trainer:
+        config = RunConfig.load(run_dir / "config.toml")
+        config.train.lr = lr
+        config.save(run_dir / "config.toml")
+        trainer = Trainer.resume(run_dir, figures=False)
+        trainer.config.train.epochs = 2
+        trainer.fit(progress=False)
+        return trainer
+
+    with pytest.raises(VaelabError, match="diverged in epoch 2: NaN or inf in the weights") as caught:
+        resume_to_epoch_2(1e38)
+    assert "last good checkpoint is kept" in str(caught.value) and "--resume" in str(caught.value)
+    assert (run_dir / CHECKPOINT).read_bytes() == good_checkpoint
+    assert (run_dir / "model.safetensors").read_bytes() == good_model
+    trainer = resume_to_epoch_2(1e-3)
+    assert trainer.epoch == 2 and _finite(trainer.model)
+    assert json.loads((run_dir / "model.json").read_text())["epochs_trained"] == 2
+
+
+def test_a_diverging_run_on_the_command_line_is_one_error_line(tmp_path, run_cli):
+    out = tmp_path / "run"
+    args = set_args([*TINY_DATA, "data.train_limit=64", "model.hidden=[32]"])
+    result = run_cli(
+        "train", "--arch", "mlp", "--epochs", "1", "--lr", "1e38", "--threads", "1", "--no-figures", "--out", out, *args
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: training diverged in epoch 1"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "train.lr = 1e+38" in result.stderr and not (out / "model.json").exists()

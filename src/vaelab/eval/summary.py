@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vaelab.data import Batches, ImageDataset
+from vaelab.errors import VaelabError
 from vaelab.eval.analysis import (
     ACTIVE_UNIT_THRESHOLD,
     COLLAPSE_KL_THRESHOLD,
@@ -81,6 +83,7 @@ def evaluate_model(
     """
     started = time.perf_counter()
     result: dict[str, Any] = dict(evaluate_elbo(model, test, seed=seed))
+    _require_finite_bound(result)
     train_fixed = Batches(train.images, train.labels, test.batch_size, _binarize_of(train), training=False)
     train_means, test_means = latent_means(model, train_fixed), latent_means(model, test)
     n_test, n_train = len(test_means), len(train_means)
@@ -124,6 +127,17 @@ def evaluate_model(
         )
     result["analysis_seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def _require_finite_bound(bound: dict[str, Any]) -> None:
+    """A table of NaN is no evaluation: say which numbers overflowed, before the slower analyses run."""
+    bad = [key for key, value in bound.items() if not np.all(np.isfinite(value))]
+    if bad:
+        raise VaelabError(
+            f"the model's test-set {', '.join(bad)} came out NaN or inf: its weights are finite, but it overflows "
+            "on these images (huge weights, or a tiny model.likelihood_scale); evaluate it on the data it was "
+            "trained on, or retrain it with a lower train.lr"
+        )
 
 
 def _binarize_of(batches: Batches) -> str:

@@ -51,6 +51,7 @@ from vaelab.io import atomic_write_text
 from vaelab.model import Shard, build_vae, make_objective, save_model
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world
+from vaelab.train.divergence import stop_if_diverged
 from vaelab.train.precision import network_dtype
 from vaelab.train.schedule import learning_rate
 from vaelab.train.step import TrainStep
@@ -368,6 +369,7 @@ class Trainer:
         records = [{"epoch": self.epoch, "split": "train", **train_metrics}]
         if self.validation_batches is not None:
             records.append({"epoch": self.epoch, "split": "validation", **self.evaluate(self.validation_batches)})
+        self._stop_if_diverged(records)
         for record in records:
             self._log(record)
             for key in ("total", "reconstruction", "kl"):
@@ -389,12 +391,24 @@ class Trainer:
             line += f"  [{train_metrics['seconds']:.1f} s, {train_metrics['images_per_second']:.0f} img/s]"
             self.console.print(line)
 
+    def _stop_if_diverged(self, records: list[dict[str, Any]], kept: str = "") -> None:
+        """Before anything of this epoch is written: finite weights and finite numbers, or one clear error."""
+        checkpoint = self.run_dir / CHECKPOINT
+        kept = kept or (
+            f"The last good checkpoint is kept: change {self.run_dir / 'config.toml'} and run "
+            f"`vaelab train --resume {self.run_dir}`."
+            if checkpoint.exists()
+            else "Nothing was saved: start again with that changed."
+        )
+        stop_if_diverged(self.config, self.epoch, [self.model, self.averaged], records, kept)
+
     def finish(self) -> dict[str, Any]:
         """Rank 0: the test metrics, the saved model, figures and report. Other ranks: {}."""
         if not self.world.is_main:
             self.world.close()
             return {}
         test = self.evaluate(self.test_batches)
+        self._stop_if_diverged([{"split": "test", **test}], kept="No model was saved.")
         model = self.final_model.cpu()  # saved weights and figures are device-independent
         self._log({"epoch": self.epoch, "split": "test", **test})
         save_model(
