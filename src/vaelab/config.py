@@ -24,6 +24,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from vaelab.core import registry
 from vaelab.errors import VaelabError
 
 MAX_THREADS = 1024  # beyond any CPU's core count; torch would start every one of them
@@ -64,17 +65,17 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
-        _one_of("model.arch", self.arch, ("conv", "dense", "mlp"))
+        _one_of("model.arch", self.arch, registry.ARCHITECTURES.names())
         _at_least("model.latent_dim", self.latent_dim, 1)
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise VaelabError(f"model.hidden must be a non-empty list of positive widths, got {self.hidden}")
-        _one_of("model.activation", self.activation, ("relu", "tanh", "elu", "gelu", "silu", "softplus"))
-        _one_of("model.posterior", self.posterior, ("diagonal",))
-        _one_of("model.prior", self.prior, ("standard", "correlated"))
+        _one_of("model.activation", self.activation, registry.ACTIVATIONS.names())
+        _one_of("model.posterior", self.posterior, registry.POSTERIORS.names())
+        _one_of("model.prior", self.prior, registry.PRIORS.names())
         _one_of("model.prior_sampling", self.prior_sampling, ("posterior", "study"))
         if self.prior_sampling == "study" and self.prior != "correlated":
             raise VaelabError("model.prior_sampling = 'study' only applies to model.prior = 'correlated'")
-        _one_of("model.likelihood", self.likelihood, ("bernoulli", "gaussian"))
+        _one_of("model.likelihood", self.likelihood, registry.LIKELIHOODS.names())
         _one_of("model.decoder_bias", self.decoder_bias, ("default", "data-mean"))
         if not self.likelihood_scale > 0:
             raise VaelabError(f"model.likelihood_scale must be > 0, got {self.likelihood_scale}")
@@ -98,7 +99,7 @@ class ObjectiveConfig:
 
     def validate(self) -> None:
         _check_plain_values(self, "objective")
-        _one_of("objective.name", self.name, ("elbo", "iwae"))
+        _one_of("objective.name", self.name, registry.OBJECTIVES.names())
         _one_of("objective.gradient", self.gradient, ("reparam", "dreg"))
         if self.beta < 0:
             raise VaelabError(f"objective.beta must be >= 0, got {self.beta}")
