@@ -138,6 +138,20 @@ def test_a_conv_model_json_with_an_image_size_the_conv_net_cannot_take(model_dir
 
 
 @pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("config.model.latent_dim", 10**12),
+        ("config.model.hidden", [10**9]),
+        ("config.model.hidden", [10**6, 10**6]),
+        ("image_shape", [1, 10**6, 10**6]),
+    ],
+)
+def test_a_model_json_asking_for_terabytes_is_refused_before_allocating(model_dir, dotted, value):
+    _write_meta(model_dir, _set(_meta(model_dir), dotted, value))
+    _refused(model_dir, "memory")
+
+
+@pytest.mark.parametrize(
     "content",
     [b"", b"{", b"[]", b"null", b'"vaelab-model"', b"\xff\xfe not utf-8", b"[" * 100_000 + b"]" * 100_000],
 )
