@@ -177,16 +177,32 @@ def test_npy_folder_gives_a_dataset_or_vaelab_error(scratch, data):
 # --- config --------------------------------------------------------------------------------------
 
 _FIELDS = {section: list(values) for section, values in RunConfig().to_dict().items()}
+_EVERY_KEY = [(section, key) for section, keys in _FIELDS.items() for key in keys]
 
-_toml_scalars = st.one_of(
-    st.booleans(),
-    st.integers(),
-    st.integers(-(2**63), 2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12),
-    st.sampled_from(["conv", "mlp", "iwae", "bernoulli", "correlated", "cuda:0", "static", "\x00", "\ud800"]),
+# adversarial values of each type: non-finite and extreme floats, integers beyond 64 bits, strings no
+# path or file can hold, next to ordinary ones
+_floats = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, 5e-324, -0.0, -1.0]), st.floats(), st.floats(0, 2)
 )
+_ints = st.one_of(st.sampled_from([2**63 - 1, 2**63, 2**64, -(2**63), -1, 10**400]), st.integers(), st.integers(0, 50))
+_texts = st.one_of(st.text(max_size=10), st.sampled_from(["\x00", "runs/a\x00b", "caf\udce9", "cuda:7", "cuda:x", ""]))
+_toml_scalars = st.one_of(st.booleans(), _ints, _floats, _texts)
 _toml_values = st.recursive(_toml_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+
+
+def _values_like(default):
+    """Values of the type a config key holds (and, a quarter of the time, of any type)."""
+    if isinstance(default, bool):
+        typed = st.booleans()
+    elif isinstance(default, int):
+        typed = _ints
+    elif isinstance(default, float):
+        typed = _floats
+    elif isinstance(default, str):
+        typed = st.one_of(st.just(default), _texts)
+    else:  # the lists: model.hidden (ints), model.prior_cov (rows of floats)
+        typed = st.lists(st.one_of(_ints, st.lists(_floats, max_size=3)), max_size=3)
+    return st.one_of(typed, typed, typed, _toml_values)
 
 
 @st.composite
@@ -203,13 +219,43 @@ def config_tables(draw) -> dict:
 
 
 def _check_config(config: RunConfig) -> None:
-    """What a config that validated promises: finite numbers, and it writes and reads back."""
+    """What a config that validated promises: finite floats, 64-bit integers, text a file can hold, and
+    it writes and reads back the same."""
+
+    def check(value):
+        if isinstance(value, list):
+            for item in value:
+                check(item)
+        elif isinstance(value, float):
+            assert math.isfinite(value)
+        elif isinstance(value, int):
+            assert -(2**63) <= value < 2**63
+        elif isinstance(value, str):
+            assert "\x00" not in value
+            value.encode("utf-8")
+
     for section in config.to_dict().values():
         for value in section.values():
-            for number in np.ravel(np.array(value, dtype=object)) if isinstance(value, list) else [value]:
-                if isinstance(number, float):
-                    assert math.isfinite(number)
+            check(value)
     assert RunConfig.from_dict(tomllib.loads(config.to_toml())) == config
+
+
+@pytest.mark.parametrize("section, key", _EVERY_KEY, ids=[f"{s}.{k}" for s, k in _EVERY_KEY])
+def test_every_key_validates_or_vaelab_error(section, key):
+    """Each key, alone, in a table and as a --set override: any value validates or is a VaelabError."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(value=_values_like(RunConfig().to_dict()[section][key]))
+    def any_value(value):
+        config = _only_vaelab_errors(lambda: RunConfig.from_dict({section: {key: value}}))
+        if config is not None:
+            _check_config(config)
+        as_text = tomli_w.dumps({"v": value})[4:].strip() if _dumpable(value) else str(value)
+        config = _only_vaelab_errors(lambda: apply_overrides(RunConfig(), [f"{section}.{key}={as_text}"]))
+        if config is not None:
+            _check_config(config)
+
+    any_value()
 
 
 @FUZZ
