@@ -48,7 +48,7 @@ def test_a_registered_likelihood_is_built_without_editing_anything_else():
 
             return Independent(Bernoulli(logits=logits / 2), 3)
 
-    LIKELIHOODS.register("halved-test")(lambda config: Halved())
+    LIKELIHOODS.register("halved-test")(lambda config, image_shape: Halved())
     try:
         model = build_vae(ModelConfig(arch="mlp", hidden=[8], likelihood="halved-test"), (1, 28, 28))
         assert isinstance(model.likelihood, Halved)

@@ -28,6 +28,8 @@ from vaelab.core import registry
 from vaelab.errors import VaelabError
 
 MAX_THREADS = 1024  # beyond any CPU's core count; torch would start every one of them
+MAX_PRIOR_COMPONENTS = 10_000  # 20x the VampPrior paper's 500 pseudo-inputs
+MAX_LIKELIHOOD_COMPONENTS = 256  # more logistics than the 256 levels they describe add nothing
 
 
 @dataclass
@@ -56,11 +58,13 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp only
     activation: str = "relu"  # mlp only
     posterior: str = "diagonal"
-    prior: str = "standard"  # standard | correlated
+    prior: str = "standard"  # standard | correlated | learnable | mog | vamp (vaelab list)
     prior_cov: list[list[float]] = field(default_factory=list)  # correlated only; [] = the study's default
     prior_sampling: str = "posterior"  # posterior (z = mu + sigma*eps) | study (z = mu + L eps, see docs)
-    likelihood: str = "bernoulli"  # bernoulli | gaussian
-    likelihood_scale: float = 0.1  # gaussian only: the fixed standard deviation per pixel
+    prior_components: int = 10  # mog: mixture components; vamp: pseudo-inputs (Tomczak & Welling used 500)
+    likelihood: str = "bernoulli"  # bernoulli | gaussian | continuous-bernoulli | gaussian-learned | ... (vaelab list)
+    likelihood_scale: float = 0.1  # gaussian: the fixed std per pixel; gaussian-learned/-decoded: the initial one
+    likelihood_components: int = 5  # logistic-mixture: logistics per pixel and channel
     decoder_bias: str = "default"  # default (the layer's init) | data-mean (p(x|z) starts at the data mean)
 
     def validate(self) -> None:
@@ -79,6 +83,8 @@ class ModelConfig:
         _one_of("model.decoder_bias", self.decoder_bias, ("default", "data-mean"))
         if not self.likelihood_scale > 0:
             raise VaelabError(f"model.likelihood_scale must be > 0, got {self.likelihood_scale}")
+        _between("model.prior_components", self.prior_components, 1, MAX_PRIOR_COMPONENTS)
+        _between("model.likelihood_components", self.likelihood_components, 1, MAX_LIKELIHOOD_COMPONENTS)
         if self.prior_cov:
             rows = self.prior_cov
             if len(rows) != self.latent_dim or any(len(r) != self.latent_dim for r in rows):
@@ -285,6 +291,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise VaelabError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _between(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise VaelabError(f"{name} must be between {low} and {high}, got {value}")
 
 
 def _at_least(name: str, value: int, low: int) -> None:

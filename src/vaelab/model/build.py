@@ -55,9 +55,9 @@ def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> V
     ``batch`` images at a time (times importance samples) would not fit in memory."""
     config.validate()
     check_memory(config, image_shape, batch)
-    prior = PRIORS.get(config.prior)(config)
+    prior = PRIORS.get(config.prior)(config, image_shape)
     posterior = POSTERIORS.get(config.posterior)(config, prior)
-    likelihood = LIKELIHOODS.get(config.likelihood)(config)
+    likelihood = LIKELIHOODS.get(config.likelihood)(config, image_shape)
     encoder, decoder = ARCHITECTURES.get(config.arch)(
         config, image_shape, posterior.param_size(config.latent_dim), image_shape[0] * likelihood.params_per_channel
     )

@@ -59,7 +59,8 @@ class VAE(nn.Module):
         return self.posterior(self._run(self.encoder, x))
 
     def p_z(self) -> Distribution:
-        return self.prior()
+        """The prior p(z); it is handed q_z, which priors built from the posterior (VampPrior) use."""
+        return self.prior(self.q_z)
 
     def p_x(self, z: torch.Tensor) -> Distribution:
         """p(x | z); ``z`` may carry leading sample dimensions (S x B x d), which are kept."""
@@ -87,22 +88,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images decoded from ``n`` prior samples."""
-        prior = self.p_z()
-        if generator is None:
-            z = prior.sample((n,))
-        else:
-            eps = torch.randn((n, self.latent_dim), generator=generator)
-            z = _prior_transform(prior, eps)
+        """Mean images decoded from ``n`` prior samples (drawn from ``generator`` if given)."""
+        z = self.p_z().sample((n,)) if generator is None else self.prior.sample(n, generator, self.q_z)
         return self.decode(z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
-
-
-def _prior_transform(prior: Distribution, eps: torch.Tensor) -> torch.Tensor:
-    """Map standard normal noise through the prior's location-scale (Gaussian priors)."""
-    if hasattr(prior, "scale_tril"):
-        return prior.loc + eps @ prior.scale_tril.T
-    return prior.mean + eps * prior.stddev

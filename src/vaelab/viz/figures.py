@@ -74,7 +74,13 @@ def _numpy(a: ArrayLike) -> np.ndarray:
 
 
 def _is_correlated(model: VAE) -> bool:
-    return hasattr(model.prior, "scale_tril")
+    return model.prior.correlated_frame() is not None
+
+
+def _prior_scale_tril(model: VAE) -> torch.Tensor | None:
+    """L of a correlated prior N(loc, L Lᵀ) (the figures draw its ellipses); None for any other prior."""
+    frame = model.prior.correlated_frame()
+    return None if frame is None else frame[1]
 
 
 def encode_means(model: VAE, x: ArrayLike, batch_size: int = BATCH) -> torch.Tensor:
@@ -117,8 +123,7 @@ def _to_prior_geometry(model: VAE, u: torch.Tensor) -> torch.Tensor:
     """z = loc + L u for a correlated prior; the grid itself (z = u) for the standard one."""
     if not _is_correlated(model):
         return u
-    L = model.prior.scale_tril.detach().float().cpu()
-    loc = model.prior.loc.detach().float().cpu()
+    loc, L = (t.detach().float().cpu() for t in model.prior.correlated_frame())
     return loc + u @ L.T
 
 
@@ -269,7 +274,7 @@ def latent_manifold(model: VAE, n: int = 20, span: float = 3.0) -> Figure:
         fig.tight_layout()
         return fig
 
-    L = model.prior.scale_tril.detach().float().cpu().numpy()
+    L = _prior_scale_tril(model).detach().float().cpu().numpy()
     fig, (ax, side) = _subplots(1, 2, figsize=(11.5, 8), gridspec_kw={"width_ratios": [3, 1.35]})
     _show_latent_grid(ax, images, n, span, ("u[0]", "u[1]"))
     note = _other_dims_note(d, 2, "u")
@@ -586,12 +591,10 @@ def write_run_figures(
     if d in (2, 3) and labels is not None:
         means = encode_means(model, x)
         if d == 2:
-            tril = model.prior.scale_tril if _is_correlated(model) else None
-            put("latent_scatter.png", latent_scatter(means, labels, names, tril))
+            put("latent_scatter.png", latent_scatter(means, labels, names, _prior_scale_tril(model)))
         else:
             put("latent_scatter_3d.png", latent_scatter_3d(means, labels, names))
-            tril = model.prior.scale_tril if _is_correlated(model) else None
-            put("latent_projections.png", pairwise_projections(means, labels, names, tril))
+            put("latent_projections.png", pairwise_projections(means, labels, names, _prior_scale_tril(model)))
     if d == 3:
         put("manifold_cross_sections.png", manifold_cross_sections(model))
     return written
