@@ -94,23 +94,22 @@ class ImageDataset:
     memory_mapped: bool = False  # images read from disk on demand (numpy.memmap), not held in memory
 
     def __post_init__(self) -> None:
+        where = f"{self.name} ({self.source})"
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise VaelabError(
-                    f"{self.name}: {split} images must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}"
+                    f"{where}: {split} images must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}"
                 )
             if len(x) == 0:
-                raise VaelabError(f"{self.name}: the {split} split of {self.source} has no images")
+                raise VaelabError(f"{where}: the {split} split has no images")
             if 0 in x.shape[1:]:
-                raise VaelabError(
-                    f"{self.name}: {split} images of {self.source} have an empty dimension: {tuple(x.shape)}"
-                )
+                raise VaelabError(f"{where}: the {split} images have an empty dimension: {tuple(x.shape)}")
             if y.dim() != 1 or len(y) != len(x):
-                raise VaelabError(f"{self.name}: {len(x)} {split} images but {tuple(y.shape)} labels; they must match")
+                raise VaelabError(f"{where}: {len(x)} {split} images but {tuple(y.shape)} labels; they must match")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise VaelabError(
-                f"{self.name}: train images are {tuple(self.x_train.shape[1:])} but test images "
+                f"{where}: train images are {tuple(self.x_train.shape[1:])} but test images "
                 f"{tuple(self.x_test.shape[1:])}"
             )
 
