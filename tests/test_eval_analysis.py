@@ -256,8 +256,12 @@ def test_readers_of_metrics_take_the_analysis_record_in_their_stride(tiny_run, t
     loss_curves(records)
     write_run_report(run, RunConfig.load(run / "config.toml"), records, [])
     assert f"{records[-1]['total']:.2f}" in (run / "report.md").read_text()
-    Trainer.resume(run, figures=False)  # drops the test records, the analysis one included
-    assert [r["split"] for r in read_records(run)] == ["train", "validation"]
+    Trainer.resume(run, figures=False)  # drops the trainer's test record, keeps the analysis of the model it named
+    assert [(r["split"], r.get("kind")) for r in read_records(run)] == [
+        ("train", None),
+        ("validation", None),
+        ("test", "analysis"),
+    ]
 
 
 def test_eval_table_warns_of_posterior_collapse(tiny_run, tmp_path, monkeypatch, capsys):

@@ -44,6 +44,9 @@ def test_report_puts_the_study_beside_our_numbers(reproduced):
     assert "changed the published config" in report  # the quick settings are flagged
     assert "best configuration is" in report
     assert json.loads((out / "results.json").read_text())[0]["experiment"] == "seed-2d"
+    # paths relative to the folder of runs: no absolute path of this machine
+    assert [r["run_dir"] for r in json.loads((out / "results.json").read_text())] == [r["experiment"] for r in results]
+    assert json.loads((out / "seed-3d" / "results.json").read_text())["run_dir"] == "seed-3d"
 
 
 def test_numbers_come_from_the_runs(reproduced):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -36,6 +38,18 @@ Objective = _choices("Objective", ("elbo", "iwae"))
 Gradient = _choices("Gradient", ("reparam", "dreg"))
 Binarize = _choices("Binarize", ("none", "dynamic", "static"))
 Precision = _choices("Precision", ("fp32", "bf16"))
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command that can say what to do next; the CLI prints the message and exits 130."""
+
+
+def _interrupted_training(out: Path) -> Interrupted:
+    from vaelab.runs import RunDir
+
+    if RunDir(out).checkpoint.exists():
+        return Interrupted(f"interrupted; resume with `vaelab train --resume {shlex.quote(str(out))}`")
+    return Interrupted("interrupted before the run's first checkpoint: nothing to resume; start it again")
 
 
 def _default_out() -> Path:
@@ -101,6 +115,7 @@ def train(
         name for name, value in locals().items() if value and name not in ("resume", "no_figures", "epochs")
     ]
     from vaelab.config import RunConfig, apply_overrides
+    from vaelab.runs import RunDir
     from vaelab.train import Trainer
     from vaelab.train.distributed import launched_rank
 
@@ -112,15 +127,19 @@ def train(
                 f"--resume continues a run with its own config; drop {', '.join('--' + o.rstrip('_').replace('_', '-') for o in options_given)} "
                 "(only --epochs, to extend the run, and --no-figures go with --resume)"
             )
-        trainer = Trainer.resume(resume, figures=not no_figures)
-        if epochs is not None:
-            if epochs < trainer.epoch:
-                raise VaelabError(f"{resume} has already trained {trainer.epoch} epochs; --epochs must be >= that")
-            trainer.config.train.epochs = epochs
+        try:
+            trainer = Trainer.resume(resume, figures=not no_figures)  # holds the run's lock until fit() ends
+            if epochs is not None:
+                if epochs < trainer.epoch:
+                    raise VaelabError(f"{resume} has already trained {trainer.epoch} epochs; --epochs must be >= that")
+                trainer.config.train.epochs = epochs
+                if main:
+                    trainer.config.save(trainer.run.config)
             if main:
-                trainer.config.save(resume / "config.toml")
-        if main:
-            err_console.print(f"resuming {resume} {trainer.position}")
+                err_console.print(f"resuming {resume} {trainer.position}")
+            test = trainer.fit()
+        except KeyboardInterrupt:
+            raise _interrupted_training(resume) from None
         out = resume
     else:
         config = RunConfig.load(config_file) if config_file else RunConfig()
@@ -148,11 +167,15 @@ def train(
         overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
         config = apply_overrides(config, overrides + list(set_ or []))
         out = out or _default_out()
-        _check_fresh_out(out)
-        if main:
-            err_console.print(f"training into {out}")
-        trainer = Trainer(config, out, figures=not no_figures)
-    test = trainer.fit()
+        try:
+            # the lock first: a second writer is refused before the data loads; a setup failure removes the folder
+            with RunDir(out).writing(create=True) if main else nullcontext():
+                _check_fresh_out(out)
+                if main:
+                    err_console.print(f"training into {out}")
+                test = Trainer(config, out, figures=not no_figures).fit()
+        except KeyboardInterrupt:
+            raise _interrupted_training(out) from None
     if test:  # rank 0 (the others return no test metrics)
         console.print(
             f"test: total {test['total']:.2f} = reconstruction {test['reconstruction']:.2f} + KL {test['kl']:.2f} "
@@ -168,6 +191,11 @@ def _model_dir(run_dir: Path | None, pretrained: str | None) -> Path:
         from vaelab import pretrained as shipped
 
         return shipped.path(pretrained)
+    from vaelab.runs import RunDir
+
+    run = RunDir(run_dir)
+    for name in ("model.json", "model.safetensors", "config.toml", "metrics.jsonl"):
+        run.own(name)  # a link out of the run is refused before anything reads it
     return run_dir
 
 
@@ -191,6 +219,7 @@ def plot(
     """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples..."""
     from vaelab.data import to_unit_float
     from vaelab.model import load_model
+    from vaelab.runs import RunDir
     from vaelab.train import make_batches, read_records
     from vaelab.viz import write_run_figures
 
@@ -198,16 +227,18 @@ def plot(
     model, config, meta = load_model(folder)
     dataset, batches = make_batches(config)
     test = batches["test"]
+    into_run = out is None and pretrained is None
     out = out or (Path("figures") / pretrained if pretrained else folder / "figures")
-    paths = write_run_figures(
-        model,
-        out,
-        read_records(folder),
-        to_unit_float(test.images),
-        test.labels,
-        class_names=dataset.class_names,
-        seed=config.train.seed,
-    )
+    with RunDir(folder).writing() if into_run else nullcontext():
+        paths = write_run_figures(
+            model,
+            out,
+            read_records(folder),
+            to_unit_float(test.images),
+            test.labels,
+            class_names=dataset.class_names,
+            seed=config.train.seed,
+        )
     for path in paths:
         console.print(str(path))
 
@@ -226,14 +257,17 @@ def sample(
     import torch
 
     from vaelab.model import load_model
+    from vaelab.runs import RunDir
     from vaelab.viz import save_image_grid
 
     folder = _model_dir(run_dir, pretrained)
     model, _, _ = load_model(folder)
     images = model.sample(n, generator=torch.Generator().manual_seed(seed))
     default_dir = Path("figures") / pretrained if pretrained else folder / "figures"
+    into_run = out is None and pretrained is None
     out = out or default_dir / f"samples-{n}-seed{seed}.png"
-    save_image_grid(images, out)
+    with RunDir(folder).writing() if into_run else nullcontext():
+        save_image_grid(images, out)
     console.print(str(out))
 
 
@@ -274,44 +308,48 @@ def evaluate(
     import torch
 
     from vaelab.eval import estimate_log_likelihood, evaluation_seed
-    from vaelab.eval.summary import analysis_record, append_record, evaluate_model, write_evaluation_section
+    from vaelab.eval.summary import analysis_record, evaluate_model, write_evaluation_section
     from vaelab.model import load_model
+    from vaelab.runs import RunDir
     from vaelab.train import make_batches
 
     if threads:
         torch.set_num_threads(threads)
     folder = _model_dir(run_dir, pretrained)
-    model, config, meta = load_model(folder)
-    if limit:
-        config.data.test_limit = limit  # the first N images, binarised exactly as in the full test set
-    dataset, batches = make_batches(config)
-    test = batches["test"]
-    seed = evaluation_seed(config.train.seed) if seed is None else seed
-    name = pretrained or str(folder)
-    result = {
-        "model": name,
-        "dataset": dataset.name,
-        "split": "test",
-        "images": len(test.images),
-        "seed": seed,
-        **evaluate_model(model, dataset, batches["train"], test, seed=seed, frechet_samples=fd_samples),
-    }
-    if nll:
-        started = time.perf_counter()
-
-        def report(done: int) -> None:
-            rate = done / (time.perf_counter() - started)
-            err_console.print(f"NLL, k = {k}: {done}/{len(test.images)} images ({rate:.2f} images/s)")
-
-        estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=report)
-        result.update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
-        if result["nll_stderr"] != result["nll_stderr"]:  # NaN for a single image: JSON has no NaN
-            result["nll_stderr"] = None
+    run = RunDir(folder)
     written = pretrained is None and not no_write and not limit
-    if written:
-        append_record(folder, analysis_record(result, int(meta.get("epochs_trained", 0))))
-        write_evaluation_section(folder / "report.md", result)
-    elif limit and pretrained is None and not no_write:
+    # a writing eval holds the run's lock before it reads the model: a resume extending the run refuses it
+    with run.writing() if written and run.model_json.is_file() else nullcontext():
+        model, config, meta = load_model(folder)
+        if limit:
+            config.data.test_limit = limit  # the first N images, binarised exactly as in the full test set
+        dataset, batches = make_batches(config)
+        test = batches["test"]
+        seed = evaluation_seed(config.train.seed) if seed is None else seed
+        name = pretrained or str(folder)
+        result = {
+            "model": name,
+            "dataset": dataset.name,
+            "split": "test",
+            "images": len(test.images),
+            "seed": seed,
+            **evaluate_model(model, dataset, batches["train"], test, seed=seed, frechet_samples=fd_samples),
+        }
+        if nll:
+            started = time.perf_counter()
+
+            def report(done: int) -> None:
+                rate = done / (time.perf_counter() - started)
+                err_console.print(f"NLL, k = {k}: {done}/{len(test.images)} images ({rate:.2f} images/s)")
+
+            estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=report)
+            result.update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
+            if result["nll_stderr"] != result["nll_stderr"]:  # NaN for a single image: JSON has no NaN
+                result["nll_stderr"] = None
+        if written:
+            run.append(analysis_record(result, int(meta.get("epochs_trained", 0))))
+            write_evaluation_section(run.report, result)
+    if limit and pretrained is None and not no_write:
         err_console.print(f"--limit {limit}: a subset of the test set, so nothing was written to {folder}")
     if as_json:
         print(json.dumps(result))
@@ -365,7 +403,11 @@ def reproduce(
     from vaelab.experiments import GROUPS
     from vaelab.experiments.reproduce import reproduce as run
 
-    results = run(name, out, epochs, console=err_console, overrides=set_)
+    try:
+        results = run(name, out, epochs, console=err_console, overrides=set_)
+    except KeyboardInterrupt:
+        again = shlex.join(["vaelab", "reproduce", name, "--out", str(out)])
+        raise Interrupted(f"interrupted; run `{again}` again to resume (with the same options)") from None
     table = Table(title=f"vaelab reproduce {name}: test set, nats per image")
     columns = ("experiment", "published", "ours", "-ELBO", "recon", "KL", "kNN-5", "silhouette", "active", "train")
     for column in columns:

@@ -15,14 +15,14 @@
 :func:`analysis_record` turns it into the ``metrics.jsonl`` record ``{"epoch": E, "split": "test",
 "kind": "analysis", ...}``. It keeps ``split == "test"`` and carries the test ELBO terms, so readers that
 take the last test record (report, loss curves, ``vaelab reproduce``) read the same numbers as from the
-trainer's own test record, and a resumed run drops it with the other test records (the model changes).
+trainer's own test record; a resumed run keeps it (its ``epoch`` is the ``epochs_trained`` of the model it
+describes) and drops the trainer's test record (the model changes).
 :func:`write_evaluation_section` puts an "## Evaluation" section into ``report.md`` (replacing an
 earlier one).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from vaelab.eval.bound import evaluate_elbo
 from vaelab.eval.frechet import NOT_FID_NOTE, sample_frechet_distance
 from vaelab.io import atomic_write_text
 from vaelab.model.vae import VAE
+from vaelab.runs import RunDir
 
 FRECHET_SAMPLES = 10_000
 KNN_K = 5
@@ -164,8 +165,9 @@ def analysis_record(result: dict[str, Any], epoch: int) -> dict[str, Any]:
 
 
 def append_record(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    """Add ``record`` to the run's ``metrics.jsonl``, as its writer (refused while another process writes the run)."""
+    with RunDir(run_dir).writing() as run:
+        run.append(record)
 
 
 def _pct(value: float | None) -> str:

@@ -7,7 +7,6 @@ and a directory holding a *different* config is refused rather than overwritten.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,10 @@ from vaelab.eval.analysis import ACTIVE_UNIT_THRESHOLD
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
 from vaelab.io import atomic_write_json, atomic_write_text
 from vaelab.model import load_model
-from vaelab.train import Trainer, make_batches, read_records, write_run_report
+from vaelab.model.store import read_model_json
+from vaelab.runs import CHECKPOINT, RunDir
+from vaelab.runs.rundir import CONFIG, MODEL_JSON
+from vaelab.train import Trainer, make_batches, write_run_report
 
 # keys that change how fast a run goes, not what it computes
 _EXECUTION_KEYS = {"train": ("threads", "device")}
@@ -35,26 +37,27 @@ def _comparable(config: RunConfig) -> dict[str, Any]:
     return raw
 
 
-def _trained_run(experiment: Experiment, run_dir: Path, config: RunConfig, console: Console) -> None:
-    """Make sure ``run_dir`` holds a finished run of ``config``: reuse, resume or train."""
-    config_path = run_dir / "config.toml"
-    if config_path.exists():
-        existing = RunConfig.load(config_path)
+def _trained_run(experiment: Experiment, run: RunDir, config: RunConfig, console: Console) -> None:
+    """Make sure ``run`` holds a finished run of ``config``: reuse, resume or train (its writer holds the lock)."""
+    if run.own(CONFIG).exists():
+        existing = RunConfig.load(run.config)
         if _comparable(existing) != _comparable(config):
             raise VaelabError(
-                f"{run_dir} holds a run of a different config than {experiment.name} v{experiment.version}; "
+                f"{run} holds a run of a different config than {experiment.name} v{experiment.version}; "
                 "pass another --out or remove that directory"
             )
-        if (run_dir / "model.json").exists():
-            meta = json.loads((run_dir / "model.json").read_text())
+        if run.own(MODEL_JSON).exists():
+            meta = read_model_json(run.path)
             if meta.get("epochs_trained") == config.train.epochs:
-                console.print(f"{experiment.name}: reusing the finished run in {run_dir}")
+                console.print(f"{experiment.name}: reusing the finished run in {run}")
                 return
-        console.print(f"{experiment.name}: resuming {run_dir}")
-        Trainer.resume(run_dir, console=console, figures=False).fit()
-        return
-    console.print(f"{experiment.name}: training into {run_dir} ({config.train.epochs} epochs)")
-    Trainer(config, run_dir, console=console, figures=False).fit()
+        if run.own(CHECKPOINT).exists():
+            console.print(f"{experiment.name}: resuming {run}")
+            Trainer.resume(run.path, console=console, figures=False).fit()
+            return
+    # a run killed before its first checkpoint has nothing to resume: starting afresh loses nothing
+    console.print(f"{experiment.name}: training into {run} ({config.train.epochs} epochs)")
+    Trainer(config, run.path, console=console, figures=False).fit()
 
 
 def run_experiment(
@@ -65,8 +68,6 @@ def run_experiment(
     ``epochs`` and ``overrides`` (``section.key=value``) change the published config: for quick
     trials only, and the report says so.
     """
-    from vaelab.viz import write_run_figures
-
     console = console or Console(stderr=True, soft_wrap=True)
     experiment = get_experiment(name)
     config, notice = experiment.config()
@@ -75,12 +76,20 @@ def run_experiment(
     if epochs is not None:
         config.train.epochs = epochs
     apply_overrides(config, list(overrides or []))
-    run_dir = Path(out) / name
-    _trained_run(experiment, run_dir, config, console)
+    run = RunDir(Path(out) / name)
+    with run.writing(create=True):  # one writer: a second reproduce of the same run is refused
+        _trained_run(experiment, run, config, console)
+        return _measure_and_report(name, experiment, run, console)
 
+
+def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console: Console) -> dict[str, Any]:
+    """The finished run's analysis, figures, report and ``results.json``."""
+    from vaelab.viz import write_run_figures
+
+    run_dir = run.path
     model, config, meta = load_model(run_dir)
     dataset, batches = make_batches(config)  # the splits exactly as trained
-    records = read_records(run_dir)
+    records = run.records()
     test = next(r for r in reversed(records) if r["split"] == "test" and "kind" not in r)
     train_split, test_split = batches["train"], batches["test"]
     analysis_train = Batches(
@@ -102,7 +111,7 @@ def run_experiment(
         "experiment": name,
         "version": experiment.version,
         "title": experiment.title,
-        "run_dir": str(run_dir),
+        "run_dir": run_dir.name,  # relative to the folder of runs: no machine's absolute path
         "epochs": config.train.epochs,
         "modified": _comparable(config) != _comparable(experiment.config()[0]),
         "train_seconds": train_seconds,
@@ -120,9 +129,8 @@ def run_experiment(
         )
         estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k)
         result["test"].update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
-        with open(run_dir / "report.md", "a", encoding="utf-8") as handle:
-            handle.write(nll_section(result))
-    atomic_write_json(run_dir / "results.json", result)
+        atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
+    atomic_write_json(run.results, result)
     return result
 
 

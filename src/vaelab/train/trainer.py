@@ -21,10 +21,10 @@ and only rank 0 writes the run directory.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,12 @@ from vaelab.config import RunConfig
 from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
-from vaelab.io import atomic_write_text
+from vaelab.io import REASONS, atomic_write_text, cannot_write, os_errno
 from vaelab.model import Shard, build_vae, make_objective, save_model
+from vaelab.runs import RunDir
+from vaelab.runs.rundir import CONFIG
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
-from vaelab.train.distributed import init_world
+from vaelab.train.distributed import init_world, launched_rank
 from vaelab.train.divergence import stop_if_diverged
 from vaelab.train.precision import network_dtype
 from vaelab.train.schedule import learning_rate
@@ -89,13 +91,7 @@ def make_batches(config: RunConfig) -> tuple[ImageDataset, dict[str, Batches | N
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl`` (empty if it has none yet)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as err:
-        raise VaelabError(f"{path} is not valid JSON lines ({err})") from None
+    return RunDir(run_dir).records()
 
 
 class Trainer:
@@ -166,44 +162,51 @@ class Trainer:
 
     # --- run directory ---------------------------------------------------------------------------
 
+    _lock: ExitStack | None = None  # the run's writer lock, held from resume() until fit() returns
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
     @classmethod
     def resume(cls, run_dir: Path, console: Console | None = None, figures: bool = True) -> Trainer:
-        run_dir = Path(run_dir)
-        config_path = run_dir / "config.toml"
-        if not config_path.is_file():
+        """The trainer of an interrupted (or finished, to extend) run; it holds the run's writer lock."""
+        run = RunDir(run_dir)
+        if not run.own(CONFIG).is_file():
             raise VaelabError(f"{run_dir} is not a vaelab run directory (no config.toml); nothing to resume")
-        trainer = cls(RunConfig.load(config_path), run_dir, console=console, figures=figures)
-        rng, info = load_checkpoint(run_dir / CHECKPOINT, trainer.model, trainer.optimizer, trainer.averaged)
-        torch.set_rng_state(rng["torch"])
-        trainer.data_generator.set_state(rng["data"])
-        if "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], trainer.device)
-        trainer.epoch = int(info["epoch"])
-        trainer._restore_resume_point(info)
-        if trainer.world.is_main:
-            trainer._truncate_metrics(trainer.epoch)
+        lock = ExitStack()
+        try:
+            if launched_rank() == 0:  # only rank 0 writes the run
+                lock.enter_context(run.writing())
+            trainer = cls(RunConfig.load(run.config), run.path, console=console, figures=figures)
+            rng, info = load_checkpoint(run.own(CHECKPOINT), trainer.model, trainer.optimizer, trainer.averaged)
+            torch.set_rng_state(rng["torch"])
+            trainer.data_generator.set_state(rng["data"])
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+            trainer.epoch = int(info["epoch"])
+            trainer._restore_resume_point(info)
+            if trainer.world.is_main:
+                trainer._truncate_metrics(trainer.epoch)
+        except BaseException:
+            lock.close()
+            raise
+        trainer._lock = lock
         return trainer
 
     def _truncate_metrics(self, epoch: int) -> None:
-        """Drop records written after the checkpoint, so a resumed run's log has no duplicates."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by the interruption; the epoch it described is replayed
-                if record["epoch"] <= epoch and record["split"] != "test":
-                    kept.append(line)
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        """Drop records written after the checkpoint, so a resumed run's log has no duplicates.
+
+        The test record goes (the model will change); ``eval``'s analysis records stay: each names the
+        ``epochs_trained`` of the model it describes.
+        """
+        self.run.keep_records(lambda r: r["epoch"] <= epoch and (r["split"] != "test" or r.get("kind") == "analysis"))
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.run.append(record)
 
     def records(self) -> list[dict[str, Any]]:
-        return read_records(self.run_dir)
+        return self.run.records()
 
     # --- training --------------------------------------------------------------------------------
 
@@ -318,21 +321,41 @@ class Trainer:
         return evaluate_elbo(self.final_model, batches, seed=evaluation_seed(self.config.train.seed))
 
     def fit(self, progress: bool = True) -> dict[str, Any]:
-        """Train the remaining epochs, then write the model, test metrics, figures and report."""
+        """Train the remaining epochs, then write the model, test metrics, figures and report.
+
+        Rank 0 holds the run's writer lock throughout (making the directory if needed; a run that
+        fails before its first checkpoint leaves no directory it made). A write the disk refuses
+        ends in a :class:`VaelabError` naming the file; the last checkpoint stays whole.
+        """
+        main = self.world.is_main  # only rank 0 writes the run directory
+        with ExitStack() as lock:
+            if self._lock is not None:  # taken by resume()
+                lock.enter_context(self._lock)
+                self._lock = None
+            if main:
+                lock.enter_context(self.run.writing(create=True))
+            try:
+                return self._train_and_finish(progress, main)
+            except OSError as err:  # from TensorBoard's writer; atomic writes raise VaelabError themselves
+                if os_errno(err) not in REASONS:
+                    raise
+                raise cannot_write(err.filename or f"a file in {self.run_dir}", err) from None
+
+    def _train_and_finish(self, progress: bool, main: bool) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
-        main = self.world.is_main  # only rank 0 writes the run directory
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.epoch == 0:
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-                self.config.save(self.run_dir / "config.toml")
+        if main and self.epoch == 0:
+            self.run.metrics.unlink(missing_ok=True)
+            self.config.save(self.run.config)
         epochs = self.config.train.epochs
-        writer = (
-            SummaryWriter(log_dir=str(self.run_dir), purge_step=self.epoch + 1 if self.epoch else None)
-            if main
-            else None
-        )
+        try:
+            writer = (
+                SummaryWriter(log_dir=str(self.run_dir), purge_step=self.epoch + 1 if self.epoch else None)
+                if main
+                else None
+            )
+        except (OSError, UnicodeError) as err:
+            raise cannot_write(self.run_dir, err, "write TensorBoard events into") from None
         columns = [
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -434,7 +457,7 @@ class Trainer:
         x, y = self.test_batches.images, self.test_batches.labels
         return write_run_figures(
             self.final_model.eval(),
-            self.run_dir / "figures",
+            self.run.figures,
             self.records(),
             to_unit_float(x),
             y,
