@@ -452,6 +452,40 @@ def test_resume_of_a_run_with_an_edited_checkpoint_is_one_error_line(run_copy, r
     assert "epochs completed" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["{", "[]", "7", '{"split": "train"}', '{"epoch": "1", "split": "train"}', '{"epoch": 1, "split": 2}'],
+)
+def test_a_malformed_metrics_line_stops_resume_with_its_line_number(run_copy, line):
+    """An edited line in the middle of metrics.jsonl is the user's to repair: one error naming it."""
+    metrics = run_copy / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([rows[0], line, *rows[1:]]) + "\n")
+    checkpoint = (run_copy / CHECKPOINT).read_bytes()
+    with pytest.raises(VaelabError, match="metrics.jsonl line 2 is not") as caught:
+        Trainer.resume(run_copy, figures=False)
+    assert "\n" not in str(caught.value)
+    assert (run_copy / CHECKPOINT).read_bytes() == checkpoint
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(run_copy):
+    """A kill mid-append leaves a last line without its newline: the resumed run replays that epoch."""
+    metrics = run_copy / "metrics.jsonl"
+    with open(metrics, "a") as handle:
+        handle.write('{"epoch": 2, "split": "tra')
+    trainer = Trainer.resume(run_copy, figures=False)
+    trainer.config.train.epochs = 2
+    trainer.fit(progress=False)
+    records = [json.loads(row) for row in metrics.read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in records] == [
+        (1, "train"),
+        (1, "validation"),
+        (2, "train"),
+        (2, "validation"),
+        (2, "test"),
+    ]
+
+
 # --- whatever the content, only VaelabError --------------------------------------------------
 
 JSON_VALUES = st.recursive(
