@@ -20,7 +20,7 @@ MNIST = (1, 28, 28)
     "config, needle",
     [
         (ModelConfig(latent_dim=10**9), r"latent_dim 1000000000"),
-        (ModelConfig(arch="mlp", hidden=[10**9]), r"mlp model of 2,360,000,001,572 weights"),
+        (ModelConfig(arch="mlp", hidden=[10**9]), r"mlp model of 1,576,000,000,788 weights"),
         (ModelConfig(arch="dense", latent_dim=10**12), r"latent_dim 1000000000000"),
     ],
     ids=["latent-dim", "hidden-width", "dense-latent"],
@@ -59,3 +59,21 @@ def test_a_full_covariance_counts(monkeypatch):
     check_memory(config, MNIST)
     with pytest.raises(VaelabError, match="would need about"):
         check_memory(ModelConfig(arch="mlp", hidden=[8], latent_dim=2000, prior="correlated"), MNIST)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(),
+        ModelConfig(arch="dense", latent_dim=5),
+        ModelConfig(arch="mlp", hidden=[40, 30], likelihood="logistic-mixture", likelihood_components=4),
+        ModelConfig(arch="mlp", hidden=[16], prior="vamp", prior_components=7, likelihood="gaussian-learned"),
+        ModelConfig(arch="mlp", hidden=[16], prior="mog", likelihood="gaussian-decoded"),
+    ],
+    ids=["conv", "dense", "logistic-mixture", "vamp-learned-scale", "mog-decoded-variance"],
+)
+def test_estimate_counts_exactly_the_weights_the_model_gets(monkeypatch, config):
+    weights = sum(p.numel() for p in build_vae(config, MNIST).parameters())
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=0))
+    with pytest.raises(VaelabError, match=f"model of {weights:,} weights"):
+        check_memory(config, MNIST)

@@ -27,8 +27,13 @@ def check_memory(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -
     """
     try:
         with torch.device("meta"):
-            # output sizes as the widest posterior and likelihood need: 2 numbers per latent dimension / channel
-            nets = ARCHITECTURES.get(config.arch)(config, image_shape, 2 * config.latent_dim, 2 * image_shape[0])
+            likelihood = LIKELIHOODS.get(config.likelihood)(config, image_shape)
+            # the correlated prior checks its covariance's values, which the meta device does not hold
+            prior = PRIORS.get(config.prior)(config, image_shape) if config.prior != "correlated" else None
+            # the encoder's output as the diagonal posterior's: a mean and a scale per latent dimension
+            nets = ARCHITECTURES.get(config.arch)(
+                config, image_shape, 2 * config.latent_dim, image_shape[0] * likelihood.params_per_channel
+            )
             outputs: list[int] = []
             for layer in (m for net in nets for m in net.modules() if not any(m.children())):
                 layer.register_forward_hook(lambda _layer, _input, out: outputs.append(out.numel()))
@@ -39,8 +44,8 @@ def check_memory(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -
             f"a {config.arch} model of latent_dim {config.latent_dim} on images of {tuple(image_shape)} is too large "
             f"to allocate ({reason}); lower {_SIZE_KEYS}"
         ) from None
-    weights = sum(p.numel() for net in nets for p in net.parameters())
-    if config.prior == "correlated":  # a full covariance and its Cholesky factor
+    weights = sum(p.numel() for part in (*nets, likelihood, prior) if part is not None for p in part.parameters())
+    if prior is None:  # a full covariance and its Cholesky factor
         weights += 2 * config.latent_dim**2
     require_memory(
         4 * (4 * weights + 2 * batch * sum(outputs)),
