@@ -30,6 +30,8 @@ from vaelab.errors import VaelabError
 MAX_THREADS = 1024  # beyond any CPU's core count; torch would start every one of them
 MAX_PRIOR_COMPONENTS = 10_000  # 20x the VampPrior paper's 500 pseudo-inputs
 MAX_LIKELIHOOD_COMPONENTS = 256  # more logistics than the 256 levels they describe add nothing
+MAX_FLOW_STEPS = 64  # far beyond Kingma et al.'s flows (2 to 8 steps)
+MAX_FLOW_HIDDEN = 16_384  # far beyond Kingma et al.'s MADEs (320 to 1920 units)
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ModelConfig:
     likelihood_scale: float = 0.1  # gaussian: the fixed std per pixel; gaussian-learned/-decoded: the initial one
     likelihood_components: int = 5  # logistic-mixture: logistics per pixel and channel
     decoder_bias: str = "default"  # default (the layer's init) | data-mean (p(x|z) starts at the data mean)
+    flow_steps: int = 2  # iaf: inverse autoregressive flow steps
+    flow_hidden: int = 0  # iaf: units per MADE hidden layer, also the encoder's context size; 0 = max(64, 4 * latent_dim)
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
@@ -85,6 +89,8 @@ class ModelConfig:
             raise VaelabError(f"model.likelihood_scale must be > 0, got {self.likelihood_scale}")
         _between("model.prior_components", self.prior_components, 1, MAX_PRIOR_COMPONENTS)
         _between("model.likelihood_components", self.likelihood_components, 1, MAX_LIKELIHOOD_COMPONENTS)
+        _between("model.flow_steps", self.flow_steps, 1, MAX_FLOW_STEPS)
+        _between("model.flow_hidden", self.flow_hidden, 0, MAX_FLOW_HIDDEN)
         if self.prior_cov:
             rows = self.prior_cov
             if len(rows) != self.latent_dim or any(len(r) != self.latent_dim for r in rows):

@@ -1,7 +1,8 @@
 """Closed-form KL divergences that torch.distributions does not register, added to its KL registry.
 
 After importing this module, ``torch.distributions.kl_divergence(q, p)`` also works for a
-diagonal Gaussian posterior against a full-covariance Gaussian prior. ``kl_terms`` returns the KL
+diagonal Gaussian posterior against a full-covariance Gaussian prior, and for a full-covariance
+posterior against a diagonal Gaussian prior (torch has the full-against-full rule). ``kl_terms`` returns the KL
 per latent dimension too where both sides factorise (for free bits and the per-dimension report).
 """
 
@@ -48,6 +49,26 @@ def kl_diagonal_normal_full_normal(q: Independent, p: MultivariateNormal) -> tor
     log_det_sigma = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
     log_det_q = 2 * s.log().sum(-1)
     return 0.5 * (trace + mahalanobis - d + log_det_sigma - log_det_q)
+
+
+@register_kl(MultivariateNormal, Independent)
+def kl_full_normal_diagonal_normal(q: MultivariateNormal, p: Independent) -> torch.Tensor:
+    """KL(N(mu, L L^T) || N(m, diag s^2)):
+
+    0.5 * [ sum_j (L L^T)_jj / s_j^2 + sum_j ((mu_j - m_j) / s_j)^2 - d + sum log s^2 - 2 sum log L_jj ],
+    (L L^T)_jj being the squared length of L's row j.
+    """
+    parts = diagonal_normal_parts(p)
+    if parts is None:
+        raise NotImplementedError("closed-form KL only for a MultivariateNormal against a diagonal Normal")
+    m, s = parts
+    L = q.scale_tril
+    d = q.loc.shape[-1]
+    trace = (L.pow(2).sum(-1) / s.pow(2)).sum(-1)
+    mahalanobis = ((q.loc - m) / s).pow(2).sum(-1)
+    log_det_p = 2 * s.log().sum(-1)
+    log_det_q = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + mahalanobis - d + log_det_p - log_det_q)
 
 
 def kl_terms(q: Distribution, p: Distribution) -> tuple[torch.Tensor, torch.Tensor | None]:
