@@ -68,7 +68,7 @@ class Plan:
 
 
 # Budgets leave room for Python's start-up and the imports, within 3 minutes and 1 minute.
-FULL = Plan(budget=165.0, window=0.8, windows=5, peak=2.0, nll=5.0, compile=True, memory=True)
+FULL = Plan(budget=160.0, window=0.8, windows=5, peak=2.0, nll=5.0, compile=True, memory=True)
 QUICK = Plan(budget=50.0, window=0.3, windows=3, peak=1.0, nll=2.0, compile=False, memory=False)
 # What compiling a model's step and a one-epoch `vaelab train` may cost, so that they start only if they fit.
 COMPILE_SECONDS = {"conv": 40.0, "dense": 10.0, "mlp": 10.0}
