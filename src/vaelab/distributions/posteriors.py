@@ -6,6 +6,7 @@ Every distribution a family returns is a :class:`PosteriorDistribution`, which o
   (sample_shape + batch_shape + (d,)) and log q(z | x) at it (sample_shape + batch_shape);
 * ``rsample_and_log_prob(sample_shape)``: the same with the noise drawn from torch's global RNG,
   exactly as torch's ``Normal.rsample`` draws it (``rsample`` returns its z);
+* ``proposal()``: the distribution to importance-sample from (itself, but for the study's sampler);
 * ``detached()``: the same distribution cut from the graph (the doubly reparameterised IWAE gradient
   takes ``detached().log_prob(z)``), or a VaelabError for a family that cannot give one;
 * ``log_prob(z)`` where a closed form exists, ``mean`` (what ``encode`` returns), ``latent_dim``.
@@ -64,6 +65,11 @@ class PosteriorDistribution:
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         return self.rsample_and_log_prob(sample_shape)[0]
 
+    def proposal(self) -> PosteriorDistribution:
+        """The distribution to importance-sample from (the NLL): the one whose samples ``log_q`` is the
+        density of. Itself, for every family but the study's sampler."""
+        return self
+
     def detached(self) -> Distribution:
         raise VaelabError(
             f"objective.gradient = dreg is not available for model.posterior = {self.family}; use reparam"
@@ -109,6 +115,11 @@ class StudyCholeskySample(DiagonalNormal):
     def reparameterize(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.loc + eps @ self.scale_tril.transpose(-1, -2)
         return z, self.log_prob(z)
+
+    def proposal(self) -> DiagonalNormal:
+        """N(mu, diag sigma^2), whose density log_q is: sampling it keeps an importance-sampling
+        estimate valid, which the study's z = mu + L eps would not."""
+        return DiagonalNormal(self.loc, self.scale)
 
 
 class FullGaussian(PosteriorDistribution, MultivariateNormal):
