@@ -9,13 +9,12 @@ import sys
 import pytest
 import safetensors.torch
 import torch
-from torch.distributions import Independent, Normal
 
 from tests.conftest import set_args
 from vaelab.config import RunConfig, apply_overrides
 from vaelab.data import Batches
-from vaelab.distributions.posteriors import StudyCholeskySample
-from vaelab.model import Shard
+from vaelab.distributions.posteriors import DiagonalNormal, StudyCholeskySample
+from vaelab.model import Context, Shard
 from vaelab.train import Trainer
 from vaelab.train.distributed import shard_rows
 
@@ -63,7 +62,7 @@ def test_sharded_noise_is_the_rows_of_the_global_noise(study_sampling):
     def q_of(mu, sigma):
         if study_sampling:
             return StudyCholeskySample(mu, sigma, torch.tensor([[1.0, 0.0], [0.8, 0.6]]))
-        return Independent(Normal(mu, sigma), 1)
+        return DiagonalNormal(mu, sigma)
 
     mu, sigma = torch.randn(7, 2), torch.rand(7, 2) + 0.1
     torch.manual_seed(3)
@@ -71,7 +70,8 @@ def test_sharded_noise_is_the_rows_of_the_global_noise(study_sampling):
     parts = []
     for lo, hi in (shard_rows(7, r, 3) for r in range(3)):
         torch.manual_seed(3)
-        parts.append(Shard(lo, hi, 7).rsample(q_of(mu[lo:hi], sigma[lo:hi]), torch.Size((2,))))
+        eps = Context(shard=Shard(lo, hi, 7)).noise((2, hi - lo, 2), mu)
+        parts.append(q_of(mu[lo:hi], sigma[lo:hi]).reparameterize(eps)[0])
     torch.testing.assert_close(torch.cat(parts, dim=1), z, rtol=0, atol=0)
 
 

@@ -251,3 +251,11 @@ def test_speed_choices_are_measured_once_per_cpu_and_cached(monkeypatch, tmp_pat
 def test_without_native_bf16_the_measurement_never_tries_bf16(without_native_bf16):
     choices = measure_speed_choices(batch=8)
     assert not choices.fused_bf16_relu and not any("bf16" in k for k in choices.measured_ms)
+
+
+def test_measuring_the_speed_choices_leaves_the_random_stream_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    measure_speed_choices(batch=4)
+    assert torch.equal(torch.rand(3), expected)  # a run that measures first trains as one that does not

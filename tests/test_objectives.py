@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaelab.config import ModelConfig
-from vaelab.model import ELBO, IWAE, build_vae, make_objective
+from vaelab.model import ELBO, IWAE, Context, build_vae, make_objective
 
 # encoder output (mu, log sigma^2) pushed well away from the prior, so that the KL is several nats
 # and a wrong KL formula cannot hide inside the Monte-Carlo noise
@@ -161,7 +161,7 @@ def test_beta_scales_the_kl_part_of_the_loss(x):
         torch.testing.assert_close(results[beta].total, base.total)
     # the KL warm-up weight multiplies beta
     torch.manual_seed(6)
-    warm = ELBO(beta=3.0)(model, x, kl_weight=0.25)
+    warm = ELBO(beta=3.0)(model, x, Context(kl_weight=0.25))
     torch.testing.assert_close(warm.loss, base.reconstruction.mean() + 0.75 * base.kl.mean())
 
 

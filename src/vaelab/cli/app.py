@@ -483,3 +483,25 @@ def bench(
         print(suite.to_json(results))
     else:
         console.print(suite.markdown(results))
+
+
+@app.command("list")
+def list_registered(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Every registered architecture, posterior, prior, likelihood, activation, objective and data set."""
+    from vaelab.core.registry import ALL
+    from vaelab.data import describe_datasets
+
+    listing = {kind: registry.describe() for kind, registry in ALL.items()}
+    listing["datasets"] = [{"name": row["name"], "summary": row["description"]} for row in describe_datasets(None)]
+    if as_json:
+        print(json.dumps(listing))
+        return
+    for kind, entries in listing.items():
+        table = Table(title=kind)
+        table.add_column("name")
+        table.add_column("what it is")
+        for entry in entries:
+            table.add_row(entry["name"], entry["summary"])
+        console.print(table)

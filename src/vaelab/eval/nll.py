@@ -5,16 +5,16 @@ For each image,
     log p(x) ~= log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),    z_i ~ q(z | x),
 
 the k-sample IWAE bound. It is a lower bound on log p(x) in expectation, increases with k and
-converges to log p(x); k = 5000 is the literature's number for MNIST. The proposal is the encoder's
-diagonal Gaussian N(mu, diag sigma^2), sampled with ``q.sample``: with the study's sampling mode
-(``prior_sampling = "study"``) that is still the density whose ``log_prob`` enters the weights, so
-the estimate stays a valid importance-sampling estimate of the same p(x).
+converges to log p(x); k = 5000 is the literature's number for MNIST. The weights are the model's
+own ``log_weights`` (the code the IWAE objective trains with), so any family that has them gets an
+NLL. The proposal is the posterior family's ``proposal()``: with the study's sampling mode
+(``prior_sampling = "study"``) that is the diagonal Gaussian whose ``log_prob`` enters the weights,
+so the estimate stays a valid importance-sampling estimate of the same p(x).
 
-Memory is bounded for any k: the k samples are decoded in chunks of at most ``max_elements``
-decoder outputs (samples x images x pixels) and combined with a running log-sum-exp. The noise is
-drawn in fixed blocks of ``NOISE_BLOCK`` samples whatever the chunk size, and the images are
-evaluated in fixed passes of ``IMAGES_PER_PASS``, so the estimate depends only on the seed, k and
-the images in their order, not on the chunking or on the caller's batch size.
+Memory is bounded for any k: images are evaluated a few at a time, a block of ``NOISE_BLOCK``
+samples each, within ``max_elements`` decoder outputs, combined with a running log-sum-exp. Every
+image draws its noise from its own generator, seeded by the seed and the image's position, so the
+estimate depends only on the seed, k and the images in their order, not on any batching.
 
 Which images: use ``Batches(..., binarize=config.data.binarize, training=False)``; with dynamic
 binarisation that binarises the test set once with a fixed seed (the convention of Burda et al.),
@@ -31,23 +31,17 @@ import torch
 from vaelab.allocator import retain_freed_memory
 from vaelab.data.batches import Batches
 from vaelab.errors import VaelabError
-from vaelab.model.vae import VAE
+from vaelab.model.base import Context, LatentVariableModel
 
-# Decoder outputs (samples x images x pixels) per chunk: ~2,500 MNIST decodes, which measured as
-# fast per decode as any other chunk size for the conv decoder on CPU (500 to 4,000 decodes were
-# level, 8,000 slower). The conv decoder's last hidden layer is 32 channels, so a chunk peaks at a
-# few hundred MB. A chunk holds at least one sample of every image of a pass.
+# Decoder outputs (samples x images x pixels) per call of the model: ~2,500 MNIST decodes, which
+# measured as fast per decode as any other size for the conv decoder on CPU (500 to 4,000 decodes
+# were level, 8,000 slower) and keeps a call's activations to a few hundred MB.
 DEFAULT_MAX_ELEMENTS = 2_000_000
-# Samples per call to ``q.sample``; the draws, hence the estimate, do not depend on the chunking.
+# Samples per call of the model, for every image: each image's noise stream is drawn in these blocks,
+# so the estimate does not depend on how images are grouped into calls.
 NOISE_BLOCK = 64
-# Images evaluated together: the caller's batches are regrouped into passes of this many images, so
-# the estimate does not depend on the caller's batch size either (and progress is reported often).
+# Images taken from the caller's batches at a time (progress is reported after each).
 IMAGES_PER_PASS = 100
-
-
-def _sample_blocks(q, k: int) -> Iterator[torch.Tensor]:
-    for start in range(0, k, NOISE_BLOCK):
-        yield q.sample((min(NOISE_BLOCK, k - start),))
 
 
 def _rechunk(blocks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -66,44 +60,54 @@ def _rechunk(blocks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor
         yield torch.cat(pending)
 
 
-def _samples_per_chunk(k: int, images: int, outputs_per_image: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
-    """How many importance samples of ``images`` images to decode at once (at least 1, at most k)."""
-    return max(1, min(k, max_elements // max(1, images * outputs_per_image)))
+def _images_per_call(outputs_per_image: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
+    """How many images to evaluate together so that a block of samples stays within ``max_elements``."""
+    return max(1, max_elements // max(1, NOISE_BLOCK * outputs_per_image))
 
 
-def _check_counts(k: int, sample_batch: int | None) -> None:
+def image_generators(seed: int, first: int, n: int) -> list[torch.Generator]:
+    """One noise stream per image, from the seed and the image's position in the evaluated set."""
+    return [torch.Generator().manual_seed((seed * 1_000_003 + first + i) % 2**63) for i in range(n)]
+
+
+def _check_counts(k: int) -> None:
     if k < 1:
         raise VaelabError(f"the number of importance samples k must be >= 1, got {k}")
-    if sample_batch is not None and sample_batch < 1:
-        raise VaelabError(f"sample_batch must be >= 1 (or None for automatic), got {sample_batch}")
 
 
 @torch.no_grad()
 def iwae_bound(
-    model: VAE,
+    model: LatentVariableModel,
     x: torch.Tensor,
     k: int,
-    sample_batch: int | None = None,
+    seed: int = 0,
+    first_index: int = 0,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> torch.Tensor:
-    """The k-sample IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i | x) per image, in nats.
+    """The k-sample IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i | x) per image, in nats, through the
+    model's own importance log-weights (the code the IWAE objective trains with).
 
-    Returns a float64 tensor of shape B. Uses the model as it is (put it in eval mode) and draws
-    from the global torch RNG (seed it, or use :func:`estimate_log_likelihood`). Samples are
-    decoded ``sample_batch`` at a time (default: as many as keep a chunk within ``max_elements``
-    decoder outputs), all images of ``x`` together (z is S x B x d), with a running log-sum-exp
-    over chunks.
+    Returns a float64 tensor of shape B. Image ``i`` of ``x`` draws its noise from its own stream,
+    seeded by ``seed`` and ``first_index + i``, in blocks of ``NOISE_BLOCK`` samples; images are
+    evaluated a few at a time (within ``max_elements`` decoder outputs) with a running log-sum-exp
+    over blocks. Uses the model as it is (put it in eval mode).
     """
-    _check_counts(k, sample_batch)
-    q = model.q_z(x)
-    prior = model.p_z()
-    chunk = sample_batch or _samples_per_chunk(k, len(x), x[0].numel(), max_elements)
-    total = None
-    for z in _rechunk(_sample_blocks(q, k), chunk):  # z: S x B x d
-        log_w = model.p_x(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
-        part = torch.logsumexp(log_w.double(), 0)
-        total = part if total is None else torch.logaddexp(total, part)
-    return total - math.log(k)
+    _check_counts(k)
+    if not model.can("log_weights"):
+        raise model._unsupported("importance weights, so no importance-sampled NLL")
+    per_call = _images_per_call(x[0].numel(), max_elements)
+    bounds = []
+    for start in range(0, len(x), per_call):
+        images = x[start : start + per_call]
+        generators = image_generators(seed, first_index + start, len(images))
+        total = None
+        for block_start in range(0, k, NOISE_BLOCK):
+            block = min(NOISE_BLOCK, k - block_start)
+            log_w = model.log_weights(images, block, Context(generators=generators)).log_w
+            part = torch.logsumexp(log_w.double(), 0)
+            total = part if total is None else torch.logaddexp(total, part)
+        bounds.append(total - math.log(k))
+    return torch.cat(bounds)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -115,10 +119,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def estimate_log_likelihood(
-    model: VAE,
+    model: LatentVariableModel,
     batches: Batches | Iterable[torch.Tensor],
     k: int = 5000,
-    sample_batch: int | None = None,
     seed: int = 0,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     return_per_image: bool = False,
@@ -138,29 +141,26 @@ def estimate_log_likelihood(
     * ``k`` and ``images`` (n);
     * ``per_image``: -log p(x) of each image, if ``return_per_image``.
 
-    Deterministic: the noise comes from a forked RNG seeded with ``seed`` (the caller's RNG is left
-    untouched). The model runs in eval mode under no_grad, and its train/eval mode is restored.
+    Deterministic: each image's noise comes from its own generator, seeded by ``seed`` and the
+    image's position (the caller's RNG is left untouched). The model runs in eval mode under no_grad, and its train/eval mode is restored.
     """
-    _check_counts(k, sample_batch)
+    _check_counts(k)
     retain_freed_memory()  # each chunk's decoder activations reuse the previous chunk's memory
     iterable = batches.epoch(shuffle=False) if isinstance(batches, Batches) else batches
     device = _model_device(model)
     values: list[torch.Tensor] = []
     pixels = 0
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            done = 0
-            for x in _rechunk(iterable, IMAGES_PER_PASS):
-                x = x.to(device)
-                pixels = x[0].numel()
-                values.append(iwae_bound(model, x, k, sample_batch, max_elements).cpu())
-                done += len(x)
-                if progress is not None:
-                    progress(done)
+        done = 0
+        for x in _rechunk(iterable, IMAGES_PER_PASS):
+            x = x.to(device)
+            pixels = x[0].numel()
+            values.append(iwae_bound(model, x, k, seed, done, max_elements).cpu())
+            done += len(x)
+            if progress is not None:
+                progress(done)
     finally:
         model.train(was_training)
     if not values:

@@ -9,61 +9,26 @@
 
 Reported ``total`` is always the negative bound itself (beta = 1), whatever is optimised.
 
-In data-parallel training each process holds a :class:`Shard` of the global batch; the objectives
-then draw the reparameterisation noise of the whole batch and keep their rows, so N processes
-compute exactly what one process would on the global batch.
+Both are generic over the model protocol (``vaelab.model.base``): the ELBO asks the model for its
+parts, the IWAE for its importance log-weights. The noise, and with it data-parallel training's
+noise protocol, comes through the step's :class:`~vaelab.model.base.Context`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from vaelab.core.registry import OBJECTIVES
-from vaelab.distributions.kl import kl_terms
-from vaelab.distributions.posteriors import detached, rsample_rows
+from vaelab.model.base import Context, Terms
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's rows ``start:stop`` of a global batch of ``total`` images (data-parallel training)."""
-
-    start: int
-    stop: int
-    total: int
-
-    def rsample(self, q, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        return rsample_rows(q, sample_shape, slice(self.start, self.stop), self.total)
-
-
-def _rsample(q, shard: Shard | None, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-    return q.rsample(sample_shape) if shard is None else shard.rsample(q, sample_shape)
-
-
-def _no_images(x: torch.Tensor) -> Terms:
+def _no_examples(x: torch.Tensor) -> Terms:
     """The terms of an empty shard (a global batch smaller than the number of processes); its
     noise has been drawn, so its RNG stays in step with the other processes'."""
     empty = x.new_zeros(0)
     return Terms(x.new_zeros(()), empty, empty, empty)
-
-
-@dataclass
-class Terms:
-    loss: torch.Tensor  # scalar minimised by the optimiser (mean over the batch)
-    total: torch.Tensor  # per image: the negative bound, nats
-    reconstruction: torch.Tensor  # per image: -E_q[log p(x|z)] (single-sample estimate), nats
-    kl: torch.Tensor  # per image: KL(q(z|x) || p(z)), nats
-    kl_per_dim: torch.Tensor | None = None  # B x d where the KL factorises
-
-
-def kl_and_sample(q, p, z):
-    """Closed-form KL where registered, else the one-sample estimate at ``z``."""
-    try:
-        return kl_terms(q, p)
-    except NotImplementedError:
-        return q.log_prob(z) - p.log_prob(z), None
 
 
 class ELBO:
@@ -71,27 +36,27 @@ class ELBO:
         self.beta = beta
         self.free_bits = free_bits
 
-    def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
-        if shard is not None and self.free_bits > 0:
+    def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
+        ctx = ctx or Context()
+        if ctx.shard is not None and self.free_bits > 0:
             # the free-bits budget is a mean over the whole batch, which a shard does not see
             raise ValueError("free bits are not supported with data-parallel training")
-        q = model.q_z(x)
-        z = _rsample(q, shard)
         if not len(x):
-            return _no_images(x)
-        reconstruction = -model.p_x(z).log_prob(x)
-        kl, kl_per_dim = kl_and_sample(q, model.p_z(), z)
+            model.elbo(x, ctx)  # draws this shard's share of the noise
+            return _no_examples(x)
+        parts = model.elbo(x, ctx)
+        kl = parts.kl
         penalised_kl = kl
         if self.free_bits > 0:
-            if kl_per_dim is None:
+            if parts.kl_per_dim is None:
                 # a non-factorising KL: the budget applies to the whole KL, d * free_bits nats
-                penalised_kl = kl.clamp(min=self.free_bits * z.shape[-1])
+                penalised_kl = kl.clamp(min=self.free_bits * model.latent_dim)
             else:
                 # the budget is per dimension averaged over the batch (Kingma et al. 2016)
-                per_dim_mean = kl_per_dim.mean(0)
+                per_dim_mean = parts.kl_per_dim.mean(0)
                 penalised_kl = per_dim_mean.clamp(min=self.free_bits).sum().expand_as(kl)
-        loss = (reconstruction + self.beta * kl_weight * penalised_kl).mean()
-        return Terms(loss, reconstruction + kl, reconstruction, kl, kl_per_dim)
+        loss = (parts.reconstruction + self.beta * ctx.kl_weight * penalised_kl).mean()
+        return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, parts.extra)
 
 
 class _ImportanceWeightedPath(torch.autograd.Function):
@@ -135,25 +100,25 @@ class IWAE:
         self.k = k
         self.gradient = gradient
 
-    def __call__(self, model, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
-        q = model.q_z(x)
-        z = _rsample(q, shard, torch.Size((self.k,)))  # k x B x d
+    def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
+        ctx = ctx or Context()
+        tap: list[torch.Tensor] = []
+
+        def dreg_path(z: torch.Tensor) -> torch.Tensor:
+            z_path, weights_tap = _ImportanceWeightedPath.apply(z)
+            tap.append(weights_tap)
+            return z_path
+
         if not len(x):
-            return _no_images(x)
-        if self.gradient == "dreg":
-            z_path, tap = _ImportanceWeightedPath.apply(z)
-            log_q = detached(q).log_prob(z_path)
-        else:
-            z_path, log_q = z, q.log_prob(z)
-        log_px_z = model.p_x(z_path).log_prob(x)
-        log_w = log_px_z + model.p_z().log_prob(z_path) - log_q
-        bound = torch.logsumexp(log_w, 0) - math.log(self.k)
+            model.log_weights(x, self.k, ctx)  # draws this shard's share of the noise
+            return _no_examples(x)
+        weights = model.log_weights(x, self.k, ctx, dreg_path if self.gradient == "dreg" else None)
+        bound = torch.logsumexp(weights.log_w, 0) - math.log(self.k)
         loss = -bound.mean()
-        if self.gradient == "dreg":
-            loss = loss + (tap * torch.softmax(log_w.detach(), 0)).sum()
-        # the reported split uses the first sample's reconstruction and the closed-form KL
-        kl, kl_per_dim = kl_and_sample(q, model.p_z(), z[0])
-        return Terms(loss, -bound, -log_px_z[0], kl, kl_per_dim)
+        if tap:
+            loss = loss + (tap[0] * torch.softmax(weights.log_w.detach(), 0)).sum()
+        parts = weights.parts  # the report's split: the first sample's reconstruction, the KL
+        return Terms(loss, -bound, parts.reconstruction, parts.kl, parts.kl_per_dim, parts.extra)
 
 
 @OBJECTIVES.register("elbo", "the ELBO, one sample (beta, KL warm-up and free bits optional)")

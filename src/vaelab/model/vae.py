@@ -1,6 +1,7 @@
 """The VAE: encoder -> posterior family q(z|x), prior p(z), decoder -> likelihood p(x|z).
 
-The class only composes the five pieces; what is optimised lives in ``objectives``.
+The class composes the five pieces and offers the protocol of ``vaelab.model.base``: the ELBO's
+parts, the importance log-weights, encode / decode / sample. What is optimised lives in ``objectives``.
 
 Mixed precision (``with model.networks_in(torch.bfloat16):``) runs the encoder and decoder under
 autocast and hands their outputs on in fp32: posterior, prior, likelihood, sampling noise, the
@@ -9,15 +10,27 @@ losses and the KL are computed in fp32 whatever the networks' precision.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from vaelab.distributions.kl import kl_terms
+from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
 
-class VAE(nn.Module):
+
+def kl_and_sample(q, p, z: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Closed-form KL(q || p) where one is registered, else the one-sample estimate log q(z) - log p(z)."""
+    try:
+        return kl_terms(q, p)
+    except NotImplementedError:
+        return log_q - p.log_prob(z), None
+
+
+class VAE(LatentVariableModel):
+    family = "vae"
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -36,27 +49,13 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
-        self.network_dtype: torch.dtype | None = None  # None: the networks run in fp32
 
-    @contextmanager
-    def networks_in(self, dtype: torch.dtype | None) -> Iterator[VAE]:
-        """Run the encoder and decoder under autocast to ``dtype`` (None: full precision) meanwhile."""
-        saved, self.network_dtype = self.network_dtype, dtype
-        try:
-            yield self
-        finally:
-            self.network_dtype = saved
-
-    def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.network_dtype is None:
-            return net(x)
-        with torch.autocast(x.device.type, dtype=self.network_dtype):
-            out = net(x)
-        return out.float()
+    def networks(self) -> list[nn.Module]:
+        return [self.encoder, self.decoder]
 
     def q_z(self, x: torch.Tensor) -> Distribution:
         """The approximate posterior q(z | x) for a batch of images."""
-        return self.posterior(self._run(self.encoder, x))
+        return self.posterior(self.run_network(self.encoder, x))
 
     def p_z(self) -> Distribution:
         """The prior p(z); it is handed q_z, which priors built from the posterior (VampPrior) use."""
@@ -65,8 +64,39 @@ class VAE(nn.Module):
     def p_x(self, z: torch.Tensor) -> Distribution:
         """p(x | z); ``z`` may carry leading sample dimensions (S x B x d), which are kept."""
         lead = z.shape[:-1]
-        out = self._run(self.decoder, z.reshape(-1, z.shape[-1]))
+        out = self.run_network(self.decoder, z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
+
+    def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
+        q = self.q_z(x)
+        eps = ctx.noise((len(x), self.latent_dim), x)
+        if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
+            return ElboParts(x.new_zeros(0), x.new_zeros(0))
+        z, log_q = q.reparameterize(eps)
+        reconstruction = -self.p_x(z).log_prob(x)
+        kl, kl_per_dim = kl_and_sample(q, self.p_z(), z, log_q)
+        return ElboParts(reconstruction, kl, kl_per_dim)
+
+    def log_weights(
+        self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> LogWeights:
+        """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k samples z_i ~ q (k x B). With ``dreg_path``
+        (the doubly reparameterised gradient) z passes through it and log q is taken with q's
+        parameters held fixed."""
+        q = self.q_z(x)
+        eps = ctx.noise((k, len(x), self.latent_dim), x)
+        if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
+            return LogWeights(x.new_zeros(k, 0), ElboParts(x.new_zeros(0), x.new_zeros(0)))
+        z, log_q = q.reparameterize(eps)
+        z_path = z
+        if dreg_path is not None:
+            z_path = dreg_path(z)
+            log_q = q.detached().log_prob(z_path)
+        log_px_z = self.p_x(z_path).log_prob(x)
+        prior = self.p_z()
+        log_w = log_px_z + prior.log_prob(z_path) - log_q
+        kl, kl_per_dim = kl_and_sample(q, prior, z[0].detach(), log_q[0].detach())
+        return LogWeights(log_w, ElboParts(-log_px_z[0], kl, kl_per_dim))
 
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:

@@ -232,9 +232,14 @@ def measure_speed_choices(batch: int = 64) -> SpeedChoices:
     """Time the study's conv networks with and without each choice, here and now."""
     from vaelab.nets.conv import ConvDecoder, ConvEncoder  # the architecture they were chosen for
 
-    torch.manual_seed(0)
-    x = torch.rand(batch, 1, 28, 28)
-    nets = (ConvEncoder((1, 28, 28), 4), ConvDecoder(2, (1, 28, 28), 1))
+    with torch.random.fork_rng(devices=[]):  # measuring must not move the run's random stream
+        torch.manual_seed(0)
+        x = torch.rand(batch, 1, 28, 28)
+        nets = (ConvEncoder((1, 28, 28), 4), ConvDecoder(2, (1, 28, 28), 1))
+    return _time_variants(nets, x)
+
+
+def _time_variants(nets: tuple[nn.Module, nn.Module], x: torch.Tensor) -> SpeedChoices:
     ms = {"plain fp32": _step_ms(*[accelerate(n, PLAIN) for n in nets], x, None)}
     tuned = SpeedChoices(channels_last_bias_apart=True)
     ms["channels-last fp32"] = _step_ms(*[accelerate(n, tuned) for n in nets], x, None)

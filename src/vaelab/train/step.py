@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import torch
 
-from vaelab.model.objectives import Shard, Terms
+from vaelab.model.base import Context, Shard, Terms
 from vaelab.train.distributed import World
 from vaelab.train.precision import network_dtype
 
@@ -57,10 +57,7 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
         with self.autocast():
-            if shard is None:
-                terms = self.objective(self.model, x, kl_weight=kl_weight)
-            else:
-                terms = self.objective(self.model, x, kl_weight=kl_weight, shard=shard)
+            terms = self.objective(self.model, x, Context(kl_weight=kl_weight, shard=shard))
         self.optimizer.zero_grad(set_to_none=True)
         if shard is None:
             terms.loss.backward()

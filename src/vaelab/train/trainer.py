@@ -124,7 +124,8 @@ class Trainer:
                 "objective.free_bits is not supported with data-parallel training (its budget is a whole-batch mean)"
             )
         self.device = torch.device(device)
-        self.model = build_vae(config.model, self.dataset.image_shape)
+        examples_per_step = min(train.batch_size, len(self.train_batches.images)) * config.objective.k
+        self.model = build_vae(config.model, self.dataset.image_shape, batch=examples_per_step)
         if config.model.decoder_bias == "data-mean":
             self.model.init_output_bias(self.train_batches.mean_image())
         self.model.to(self.device)

@@ -1,0 +1,158 @@
+"""The model protocol: what the trainer, the objectives, the evaluation, the figures and the store ask of a model.
+
+A latent-variable model trained by amortised variational inference offers some of:
+
+* ``elbo(x, ctx) -> ElboParts``: per-example reconstruction -E_q[log p(x|z)] and KL(q || p) in nats
+  (what the ELBO objective weighs and reports);
+* ``log_weights(x, k, ctx, dreg_path=None) -> LogWeights``: k importance log-weights
+  log p(x, z_i) - log q(z_i | x) per example (what the IWAE objective trains on and the NLL estimates);
+* ``encode`` / ``decode`` / ``sample`` / ``reconstruct`` (figures, probes, Fréchet distance);
+* ``networks()``: the modules that may run in reduced precision (the training's precision policy).
+
+A capability a family lacks raises :class:`Unsupported` (a VaelabError naming the family and what is
+missing); callers that can skip a step ask :meth:`LatentVariableModel.can` first, and say what they skip.
+
+Reparameterisation noise is drawn through the :class:`Context`, so data-parallel training passes its
+noise protocol in (a :class:`Shard` draws the whole global batch's noise and keeps its rows) and the
+evaluation can hand in noise it drew itself; the model never knows which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vaelab.errors import VaelabError
+
+
+class Unsupported(VaelabError):
+    """A model family without the capability a command asked for."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows ``start:stop`` of a global batch of ``total`` examples (data-parallel training)."""
+
+    start: int
+    stop: int
+    total: int
+
+
+@dataclass
+class Context:
+    """What a training or evaluation step hands the model besides the batch."""
+
+    kl_weight: float = 1.0  # KL warm-up factor (1: the true bound)
+    shard: Shard | None = None  # data-parallel: this process's rows of the global batch
+    generators: list[torch.Generator] | None = None  # one per example: its noise whatever the batching
+
+    def noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise of ``shape`` (... x batch x d), with ``like``'s dtype and device.
+
+        Under a shard the whole global batch's noise is drawn and this process keeps its rows, so every
+        process's RNG stays in step with the single-process run and each example gets the very noise it
+        would get there. With per-example generators (evaluation) each example's noise comes from its
+        own stream. Otherwise drawn from torch's global RNG as ``Normal.rsample`` draws it.
+        """
+        if self.generators is not None:
+            lead, d = tuple(shape[:-2]), shape[-1]
+            per_example = [torch.randn((*lead, d), generator=g) for g in self.generators]
+            return torch.stack(per_example, dim=-2).to(device=like.device, dtype=like.dtype)
+        if self.shard is None:
+            return torch.empty(shape, dtype=like.dtype, device=like.device).normal_()
+        full = (*shape[:-2], self.shard.total, shape[-1])
+        eps = torch.empty(full, dtype=like.dtype, device=like.device).normal_()
+        return eps[..., self.shard.start : self.shard.stop, :]
+
+
+@dataclass
+class ElboParts:
+    """Per-example terms of the ELBO, nats: -ELBO = reconstruction + kl."""
+
+    reconstruction: torch.Tensor  # -E_q[log p(x|z)], one-sample estimate
+    kl: torch.Tensor  # KL(q(z|x) || p(z)), closed form where one is registered
+    kl_per_dim: torch.Tensor | None = None  # B x d where the KL factorises over dimensions
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further named per-example terms (per layer...)
+
+
+@dataclass
+class LogWeights:
+    """k importance log-weights per example, and the terms a report shows beside the bound."""
+
+    log_w: torch.Tensor  # k x B: log p(x, z_i) - log q(z_i | x)
+    parts: ElboParts  # the first sample's reconstruction and the KL, for the report
+
+
+@dataclass
+class Terms:
+    """What one objective step returns: the scalar to minimise and named per-example terms."""
+
+    loss: torch.Tensor  # scalar: mean over the batch of what is minimised
+    total: torch.Tensor  # per example: the negative bound, nats (beta = 1, whatever is optimised)
+    reconstruction: torch.Tensor  # per example, nats
+    kl: torch.Tensor  # per example, nats
+    kl_per_dim: torch.Tensor | None = None  # B x d where the KL factorises
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further named per-example terms
+
+
+class LatentVariableModel(nn.Module):
+    """Base of every model family: the capabilities above, each refused clearly where absent."""
+
+    family = "model"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.network_dtype: torch.dtype | None = None  # set by the training's precision policy
+
+    def can(self, capability: str) -> bool:
+        """Whether this family implements ``capability`` (a method name of the protocol)."""
+        method = getattr(type(self), capability, None)
+        return method is not None and method is not getattr(LatentVariableModel, capability, None)
+
+    def _unsupported(self, what: str) -> Unsupported:
+        return Unsupported(f"the {self.family} model family has no {what}")
+
+    def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
+        raise self._unsupported("ELBO (objective.name = elbo)")
+
+    def log_weights(
+        self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> LogWeights:
+        raise self._unsupported("importance weights (objective.name = iwae, eval --nll)")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("encoder (latent scatter, probes)")
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("decoder from a latent code (manifold)")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise self._unsupported("prior to sample from")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("reconstruction")
+
+    def networks(self) -> list[nn.Module]:
+        """The neural networks, which may compute in reduced precision; distributions stay fp32."""
+        return []
+
+    @contextmanager
+    def networks_in(self, dtype: torch.dtype | None) -> Iterator[LatentVariableModel]:
+        """Run :meth:`networks` under autocast to ``dtype`` (None: full precision) meanwhile."""
+        saved, self.network_dtype = self.network_dtype, dtype
+        try:
+            yield self
+        finally:
+            self.network_dtype = saved
+
+    def run_network(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)`` in the policy's dtype, handed on in fp32."""
+        if self.network_dtype is None:
+            return net(x)
+        with torch.autocast(x.device.type, dtype=self.network_dtype):
+            out = net(x)
+        return out.float()
