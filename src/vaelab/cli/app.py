@@ -31,10 +31,6 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v: v for v in values}, type=str)
 
 
-Arch = _choices("Arch", ("conv", "dense", "mlp"))
-Likelihood = _choices("Likelihood", ("bernoulli", "gaussian"))
-Prior = _choices("Prior", ("standard", "correlated"))
-Objective = _choices("Objective", ("elbo", "iwae"))
 Gradient = _choices("Gradient", ("reparam", "dreg"))
 Binarize = _choices("Binarize", ("none", "dynamic", "static"))
 Precision = _choices("Precision", ("fp32", "bf16"))
@@ -50,6 +46,13 @@ def _interrupted_training(out: Path) -> Interrupted:
     if RunDir(out).checkpoint.exists():
         return Interrupted(f"interrupted; resume with `vaelab train --resume {shlex.quote(str(out))}`")
     return Interrupted("interrupted before the run's first checkpoint: nothing to resume; start it again")
+
+
+def _toml_value(value: object) -> str:
+    """A flag's value as the TOML an override holds (inf and nan included, so validation can name them)."""
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
 
 
 def _default_out() -> Path:
@@ -80,10 +83,13 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: 30).")] = None,
     latent_dim: Annotated[int | None, typer.Option("--latent-dim", help="Latent dimensions (default: 2).")] = None,
-    arch: Annotated[Arch | None, typer.Option(help="Encoder/decoder networks (default: conv).")] = None,
-    likelihood: Annotated[Likelihood | None, typer.Option(help="p(x|z) (default: bernoulli).")] = None,
-    prior: Annotated[Prior | None, typer.Option(help="p(z) (default: standard).")] = None,
-    objective: Annotated[Objective | None, typer.Option(help="Training bound (default: elbo).")] = None,
+    arch: Annotated[str | None, typer.Option(help="Encoder/decoder networks (default: conv; `vaelab list`).")] = None,
+    posterior: Annotated[
+        str | None, typer.Option(help="q(z|x): diagonal, full, iaf... (default: diagonal; `vaelab list`).")
+    ] = None,
+    likelihood: Annotated[str | None, typer.Option(help="p(x|z) (default: bernoulli; `vaelab list`).")] = None,
+    prior: Annotated[str | None, typer.Option(help="p(z) (default: standard; `vaelab list`).")] = None,
+    objective: Annotated[str | None, typer.Option(help="Training bound (default: elbo; `vaelab list`).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Importance samples for --objective iwae.")] = None,
     gradient: Annotated[
         Gradient | None,
@@ -146,10 +152,11 @@ def train(
         flags = {
             "train.epochs": epochs,
             "model.latent_dim": latent_dim,
-            "model.arch": arch.value if arch else None,
-            "model.likelihood": likelihood.value if likelihood else None,
-            "model.prior": prior.value if prior else None,
-            "objective.name": objective.value if objective else None,
+            "model.arch": arch,
+            "model.posterior": posterior,
+            "model.likelihood": likelihood,
+            "model.prior": prior,
+            "objective.name": objective,
             "objective.k": k,
             "objective.gradient": gradient.value if gradient else None,
             "objective.beta": beta,
@@ -164,7 +171,7 @@ def train(
             "train.ema_decay": ema_decay,
             "train.device": device,
         }
-        overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+        overrides = [f"{key}={_toml_value(value)}" for key, value in flags.items() if value is not None]
         config = apply_overrides(config, overrides + list(set_ or []))
         out = out or _default_out()
         try:
