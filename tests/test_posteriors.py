@@ -3,6 +3,7 @@ torch.distributions, a Monte Carlo estimate, or a brute-force change of variable
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+from tests.conftest import TINY, set_args
 from vaelab import VaelabError
 from vaelab.config import ModelConfig, RunConfig, apply_overrides
 from vaelab.distributions.kl import kl_terms
@@ -168,6 +170,13 @@ def test_study_sampler_keeps_its_noise_stream_and_its_density():
     z, log_q = q.rsample_and_log_prob((3,))
     torch.testing.assert_close(z, q.loc + eps @ L.T, rtol=0, atol=0)
     torch.testing.assert_close(log_q, Independent(Normal(q.loc, q.scale), 1).log_prob(z), rtol=0, atol=0)
+    # its proposal for importance sampling is the density log_q belongs to: samples of N(mu, diag sigma^2)
+    torch.manual_seed(3)
+    z, log_q = q.proposal().rsample_and_log_prob((3,))
+    torch.testing.assert_close(z, q.loc + eps * q.scale, rtol=0, atol=0)
+    torch.testing.assert_close(log_q, q.log_prob(z), rtol=0, atol=0)
+    plain = DiagonalGaussian()(torch.zeros(1, 4))
+    assert plain.proposal() is plain
 
 
 @pytest.mark.parametrize("family", ["diagonal", "full", "iaf"])
@@ -319,3 +328,46 @@ def test_the_encoder_gives_each_family_its_parameters(family):
     z, log_q = q.rsample_and_log_prob((5,))
     assert z.shape == (5, 3, 4) and log_q.shape == (5, 3) and torch.isfinite(log_q).all()
     assert model.encode(torch.rand(3, 1, 8, 8)).shape == (3, 4)
+
+
+# --- the CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["full", "iaf"])
+def test_each_posterior_trains_one_epoch_and_evaluates_its_nll(run_cli, tmp_path, family):
+    run = tmp_path / family
+    trained = run_cli(
+        "train", "--out", run, "--no-figures", *set_args([*TINY, "train.epochs=1", f"model.posterior={family}"])
+    )
+    assert trained.returncode == 0, trained.stderr
+    evaluated = run_cli("eval", run, "--nll", "--k", "20", "--limit", "50", "--json", "--threads", "1")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["images"] == 50 and result["k"] == 20
+    assert math.isfinite(result["nll"]) and math.isfinite(result["total"])
+    plotted = run_cli("plot", run)  # a 2-D latent model: the scatter and the manifold use encode / decode
+    assert plotted.returncode == 0, plotted.stderr
+    for figure in ("latent_manifold.png", "latent_scatter.png"):
+        assert (run / "figures" / figure).stat().st_size > 0
+
+
+def test_the_full_posterior_trains_with_the_doubly_reparameterised_gradient(run_cli, tmp_path):
+    overrides = [*TINY, "train.epochs=1", "model.posterior=full", "objective.name=iwae", "objective.k=4"]
+    result = run_cli(
+        "train", "--out", tmp_path / "run", "--no-figures", *set_args([*overrides, "objective.gradient=dreg"])
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "model.json").exists()
+
+
+def test_dreg_with_the_flow_is_one_error_line_and_leaves_nothing(run_cli, tmp_path):
+    overrides = [*TINY, "train.epochs=1", "model.posterior=iaf", "objective.name=iwae", "objective.k=4"]
+    result = run_cli(
+        "train", "--out", tmp_path / "run", "--no-figures", *set_args([*overrides, "objective.gradient=dreg"])
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: objective.gradient = dreg is not available for model.posterior = iaf; use reparam"
+    )
+    assert not (tmp_path / "run").exists()
