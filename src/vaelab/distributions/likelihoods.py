@@ -142,10 +142,15 @@ def continuous_bernoulli_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
 
 
 def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
-    """E[x] = 1 / (1 - e^-eta) - 1 / eta; below |eta| = 0.1 the series 1/2 + eta/12 - eta^3/720."""
+    """E[x] = 1 / (1 - e^-eta) - 1 / eta; below |eta| = 0.1 the series 1/2 + eta/12 - eta^3/720.
+
+    The first term is written with e^-|eta| only (for eta < 0 it is -e^-|eta| / (1 - e^-|eta|)), so
+    neither it nor its gradient overflows.
+    """
     small = logits.abs() < _TAYLOR_BELOW
     eta = torch.where(small, torch.full_like(logits, _TAYLOR_BELOW), logits)
-    closed = -1 / torch.expm1(-eta) - 1 / eta
+    decay = torch.exp(-eta.abs())
+    closed = torch.where(eta > 0, torch.ones_like(decay), -decay) / -torch.expm1(-eta.abs()) - 1 / eta
     series = 0.5 + logits / 12 - logits**3 / 720
     return torch.where(small, series, closed)
 
@@ -215,9 +220,9 @@ class DiscretizedLogisticMixture(Distribution):
     def log_mass(self, level: torch.Tensor) -> torch.Tensor:
         """log P(level) for each component (level broadcast against (batch..., K, C, H, W))."""
         inv_scale = torch.exp(-self.log_scale)
-        centre = level / (LEVELS - 1)
-        upper = inv_scale * (centre + 0.5 / (LEVELS - 1) - self.loc)
-        lower = inv_scale * (centre - 0.5 / (LEVELS - 1) - self.loc)
+        # one expression per edge, so that level l's upper edge is level l+1's lower one to the last bit
+        upper = inv_scale * ((level + 0.5) / (LEVELS - 1) - self.loc)
+        lower = inv_scale * ((level - 0.5) / (LEVELS - 1) - self.loc)
         # sigmoid(u) - sigmoid(l) = sigmoid(u) sigmoid(-l) (1 - e^-(u - l)): no cancellation, no inf
         interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
         return torch.where(
