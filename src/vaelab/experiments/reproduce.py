@@ -213,7 +213,32 @@ def comparison_paragraph(results: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+def nll_group_report(group: str, results: list[dict[str, Any]]) -> str:
+    """One table of test log-likelihoods for a group of NLL experiments (one training budget)."""
+    lines = [
+        f"# vaelab reproduce {group}",
+        "",
+        f"Test NLL by importance sampling (k = {results[0]['test']['k']}, all test images), ± one standard error "
+        "over images; -ELBO, KL and active units (Cov_x(E_q[z_j]) > 0.01) on the test set, nats per image.",
+        "",
+        "| experiment | what | epochs | **NLL** | -ELBO | KL | active units | train time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t, a = r["test"], r["analysis"]
+        lines.append(
+            f"| {r['experiment']} | {r['title']} | {r['epochs']} | **{t['nll']:.2f} ± {t['nll_stderr']:.2f}** "
+            f"| {t['total']:.2f} | {t['kl']:.2f} | {a['active_units']}/{len(r['latent_variance'])} "
+            f"| {r['train_seconds'] / 60:.1f} min |"
+        )
+    best = min(results, key=lambda r: r["test"]["nll"])
+    lines += ["", f"Best: **{best['experiment']}** at {best['test']['nll']:.2f} nats.", ""]
+    return "\n".join(lines)
+
+
 def group_report(group: str, results: list[dict[str, Any]]) -> str:
+    if all("nll" in r["test"] for r in results):
+        return nll_group_report(group, results)
     lines = [
         f"# vaelab reproduce {group}",
         "",

@@ -5,6 +5,8 @@ Adding a variant means registering it where it is defined; nothing here changes.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from vaelab.config import ModelConfig
@@ -30,9 +32,14 @@ def check_memory(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -
             likelihood = LIKELIHOODS.get(config.likelihood)(config, image_shape)
             # the correlated prior checks its covariance's values, which the meta device does not hold
             prior = PRIORS.get(config.prior)(config, image_shape) if config.prior != "correlated" else None
-            # the encoder's output as the diagonal posterior's: a mean and a scale per latent dimension
+            # the posterior reads no more of its prior than a shape (the study's sampler: its Cholesky factor)
+            shape_of_prior = prior or SimpleNamespace(scale_tril=torch.empty(config.latent_dim, config.latent_dim))
+            posterior = POSTERIORS.get(config.posterior)(config, shape_of_prior)
             nets = ARCHITECTURES.get(config.arch)(
-                config, image_shape, 2 * config.latent_dim, image_shape[0] * likelihood.params_per_channel
+                config,
+                image_shape,
+                posterior.param_size(config.latent_dim),
+                image_shape[0] * likelihood.params_per_channel,
             )
             outputs: list[int] = []
             for layer in (m for net in nets for m in net.modules() if not any(m.children())):
@@ -44,7 +51,8 @@ def check_memory(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -
             f"a {config.arch} model of latent_dim {config.latent_dim} on images of {tuple(image_shape)} is too large "
             f"to allocate ({reason}); lower {_SIZE_KEYS}"
         ) from None
-    weights = sum(p.numel() for part in (*nets, likelihood, prior) if part is not None for p in part.parameters())
+    parts = (*nets, posterior, likelihood, prior)
+    weights = sum(p.numel() for part in parts if part is not None for p in part.parameters())
     if prior is None:  # a full covariance and its Cholesky factor
         weights += 2 * config.latent_dim**2
     require_memory(

@@ -83,7 +83,7 @@ class VAE(LatentVariableModel):
         """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k samples z_i ~ q (k x B). With ``dreg_path``
         (the doubly reparameterised gradient) z passes through it and log q is taken with q's
         parameters held fixed."""
-        q = self.q_z(x)
+        q = self.q_z(x).proposal()  # the density its samples follow (the study's sampler's is not its own)
         eps = ctx.noise((k, len(x), self.latent_dim), x)
         if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
             return LogWeights(x.new_zeros(k, 0), ElboParts(x.new_zeros(0), x.new_zeros(0)))
