@@ -349,12 +349,13 @@ def test_mixture_priors_draw_from_the_generator_alone(prior):
     assert torch.equal(a, model.prior.sample(20_000, torch.Generator().manual_seed(1), model.q_z))
     assert not torch.equal(a[:10], model.prior.sample(10, torch.Generator().manual_seed(2), model.q_z))
     # the draws have the mixture's mean and covariance (within 5 standard errors)
-    p = model.p_z()
-    weights, means = p.mixture_distribution.probs, p.component_distribution.mean
-    variances = p.component_distribution.variance
-    mean = (weights[:, None] * means).sum(0)
-    second = (weights[:, None, None] * (torch.diag_embed(variances) + means[:, :, None] * means[:, None, :])).sum(0)
-    covariance = second - mean[:, None] * mean[None, :]
+    with torch.no_grad():
+        p = model.p_z()
+        weights, means = p.mixture_distribution.probs, p.component_distribution.mean
+        variances = p.component_distribution.variance
+        mean = (weights[:, None] * means).sum(0)
+        second = (weights[:, None, None] * (torch.diag_embed(variances) + means[:, :, None] * means[:, None, :])).sum(0)
+        covariance = second - mean[:, None] * mean[None, :]
     standard_error = (covariance.diagonal() / len(a)).sqrt()
     assert ((a.mean(0) - mean).abs() < 5 * standard_error).all()
     torch.testing.assert_close(torch.cov(a.T), covariance, rtol=0.05, atol=0.05 * float(covariance.diagonal().max()))
