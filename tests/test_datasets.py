@@ -473,3 +473,22 @@ def test_mean_image_is_the_mean_training_target(mode):
             [torch.cat(list(batches.epoch(torch.Generator().manual_seed(s)))).mean(0) for s in range(40)]
         )
         assert (draws.mean(0) - expected).abs().max() < 0.02
+
+
+def test_batches_carry_their_labels_in_the_order_and_rows_of_their_images():
+    from vaelab.data import Batches
+
+    images = torch.arange(10, dtype=torch.uint8).reshape(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    labels = torch.arange(10) * 7
+    for binarize in ("none", "dynamic"):
+        split = Batches(images, labels, batch_size=4, binarize=binarize)
+        for batch in split.batches(torch.Generator().manual_seed(1)):
+            if binarize == "none":
+                assert torch.equal(batch.y, (batch.x[:, 0, 0, 0] * 255).round().long() * 7)
+            assert len(batch.y) == len(batch.x)
+        halves = [list(split.batches(torch.Generator().manual_seed(1), rows=lambda n, r=r: (r * n // 2, (r + 1) * n // 2)))
+                  for r in (0, 1)]
+        whole = list(split.batches(torch.Generator().manual_seed(1)))
+        for a, b, full in zip(*halves, whole):
+            assert torch.equal(torch.cat([a.y, b.y]), full.y)  # a process's labels are its rows' labels
+    assert all(b.y is None for b in Batches(images, None, batch_size=4).batches())

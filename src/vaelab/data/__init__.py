@@ -1,6 +1,6 @@
 """Data: IDX reading, the data set registry, in-memory batching."""
 
-from vaelab.data.batches import Batches, binarize_fixed, to_unit_float
+from vaelab.data.batches import Batch, Batches, binarize_fixed, to_unit_float
 from vaelab.data.datasets import (
     ImageDataset,
     describe_datasets,
@@ -13,6 +13,7 @@ from vaelab.data.datasets import (
 from vaelab.data.idx import parse_idx, read_idx, write_idx
 
 __all__ = [
+    "Batch",
     "Batches",
     "ImageDataset",
     "binarize_fixed",

@@ -12,6 +12,7 @@ what keeps the data path off the profile. Binarisation follows the literature:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -34,6 +35,21 @@ def binarize_fixed(x: torch.Tensor, seed: int = FIXED_BINARIZATION_SEED, chunk: 
         sample = torch.bernoulli(to_unit_float(x[start : start + chunk]), generator=generator)
         out[start : start + chunk] = sample.to(torch.uint8).mul_(255)
     return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: images in [0, 1] and, where the data set has them, their labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+
+def _rows_of(index: torch.Tensor | slice, rows: tuple[int, int]) -> torch.Tensor | slice:
+    lo, hi = rows
+    if isinstance(index, slice):
+        return slice(index.start + lo, index.start + hi)
+    return index[lo:hi]
 
 
 class Batches:
@@ -83,23 +99,30 @@ class Batches:
         images that this process keeps: the batches are drawn exactly as without it (same shuffle,
         same binarisation noise), then sliced.
         """
+        for batch in self.batches(generator, shuffle, rows):
+            yield batch.x
+
+    def batches(
+        self,
+        generator: torch.Generator | None = None,
+        shuffle: bool = True,
+        rows: Callable[[int], tuple[int, int]] | None = None,
+    ) -> Iterator[Batch]:
+        """As :meth:`epoch`, each batch with its labels (None where the split has none)."""
         n = len(self.images)
         order = torch.randperm(n, generator=generator) if shuffle else None
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
             index = order[start:stop] if order is not None else slice(start, stop)
+            kept = index if rows is None else _rows_of(index, rows(stop - start))  # this process's rows
             if self.binarize_each_batch:
                 # the noise is drawn for the whole batch, so every process's generator stays in step
                 x = torch.bernoulli(to_unit_float(self.images[index]), generator=generator)
                 if rows is not None:
-                    lo, hi = rows(stop - start)
-                    x = x[lo:hi]
+                    x = x[_rows_of(slice(0, stop - start), rows(stop - start))]
             else:
-                if rows is not None:
-                    lo, hi = rows(stop - start)
-                    index = order[start + lo : start + hi] if order is not None else slice(start + lo, start + hi)
-                x = to_unit_float(self.images[index])
-            yield x
+                x = to_unit_float(self.images[kept])
+            yield Batch(x, None if self.labels is None else self.labels[kept])
 
     def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Ordered (x, y) batches, for evaluation."""

@@ -47,6 +47,7 @@ class Context:
     """What a training or evaluation step hands the model besides the batch."""
 
     kl_weight: float = 1.0  # KL warm-up factor (1: the true bound)
+    labels: torch.Tensor | None = None  # the batch's labels, for families that condition on them
     shard: Shard | None = None  # data-parallel: this process's rows of the global batch
     generators: list[torch.Generator] | None = None  # one per example: its noise whatever the batching
 

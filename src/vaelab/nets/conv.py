@@ -83,7 +83,7 @@ class ConvDecoder(nn.Module):
         """Set the last layer's bias to ``output_for_mean`` of each channel's mean over pixels (the
         layer has one bias per channel, so it can match the channel's mean intensity, no more)."""
         last = self.net[-1]
-        last.bias.copy_(output_for_mean(mean_image.reshape(last.bias.shape[0], -1).mean(1)))
+        last.bias.copy_(output_for_mean(mean_image.reshape(mean_image.shape[0], -1).mean(1)).reshape(last.bias.shape))
 
 
 @ARCHITECTURES.register("conv", "the study's conv pair (Keras' VAE example): 2 strided convs, dense 16, and back")

@@ -55,9 +55,11 @@ class TrainStep:
             return self.model.networks_in(self.dtype)
         return nullcontext()
 
-    def __call__(self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None) -> Terms:
+    def __call__(
+        self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None, labels: torch.Tensor | None = None
+    ) -> Terms:
         with self.autocast():
-            terms = self.objective(self.model, x, Context(kl_weight=kl_weight, shard=shard))
+            terms = self.objective(self.model, x, Context(kl_weight=kl_weight, labels=labels, shard=shard))
         self.optimizer.zero_grad(set_to_none=True)
         if shard is None:
             terms.loss.backward()

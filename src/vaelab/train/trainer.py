@@ -230,13 +230,14 @@ class Trainer:
         count_before, start = count, time.perf_counter()
         last_checkpoint = start
         epoch_data_state = self.data_generator.get_state()  # a mid-epoch resume replays the epoch's order from it
-        batches = self.train_batches.epoch(self.data_generator, rows=world.rows if world.distributed else None)
-        for step, x in enumerate(batches):
+        batches = self.train_batches.batches(self.data_generator, rows=world.rows if world.distributed else None)
+        for step, batch in enumerate(batches):
             if step < first_step:
                 continue  # drawn again only so the order and the binarisation noise replay exactly
-            x = x.to(self.device, non_blocking=True)
+            x = batch.x.to(self.device, non_blocking=True)
+            labels = None if batch.y is None else batch.y.to(self.device, non_blocking=True)
             shard = Shard(*world.rows(sizes[step]), sizes[step]) if world.distributed else None
-            terms = self.step(x, kl_weight=self._kl_weight(self.epoch + step / steps), shard=shard)
+            terms = self.step(x, kl_weight=self._kl_weight(self.epoch + step / steps), shard=shard, labels=labels)
             if self.averaged is not None:
                 self.averaged.update_parameters(self.model)
             # summing detached tensors keeps the loop free of a host sync per step
