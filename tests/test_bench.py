@@ -164,6 +164,8 @@ def test_what_does_not_fit_the_time_budget_is_skipped_with_the_reason(without_na
     results = suite.run(progress=ThreadsSeen(), plan=TINY, models=MLP)
     assert "training_peak_memory_mb" not in results
     assert results["skipped"]["peak memory"] == "would not fit in the 1 s time budget"
+    assert results["skipped"]["NLL"] == "would not fit in the 1 s time budget"
+    assert results["nll_k5000_images_per_second"] is None
     name = next(iter(MLP))
     assert results["training"][name]["fp32_compiled"] == {"skipped": "would not fit in the 1 s time budget"}
 
