@@ -55,6 +55,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    family: str = "vae"  # the model family (vaelab list); the keys below are the VAE family's
     arch: str = "conv"  # conv (the study's) | dense (the study's 784-512-256) | mlp (hidden, activation)
     latent_dim: int = 2
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp only
@@ -73,6 +74,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
+        _one_of("model.family", self.family, registry.FAMILIES.names())
         _one_of("model.arch", self.arch, registry.ARCHITECTURES.names())
         _at_least("model.latent_dim", self.latent_dim, 1)
         if not self.hidden or any(int(h) < 1 for h in self.hidden):

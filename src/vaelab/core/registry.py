@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "vaelab.distributions",
     "vaelab.nets",
     "vaelab.model.objectives",
+    "vaelab.model.build",
 )
 _loaded = False
 
@@ -79,6 +80,7 @@ class Registry(Generic[T]):
         return [{"name": e.name, "summary": e.summary} for e in self._entries.values()]
 
 
+FAMILIES: Registry[Any] = Registry("model family", "model.family")
 ARCHITECTURES: Registry[Any] = Registry("architecture", "model.arch")
 POSTERIORS: Registry[Any] = Registry("posterior family", "model.posterior")
 PRIORS: Registry[Any] = Registry("prior", "model.prior")
@@ -87,6 +89,7 @@ ACTIVATIONS: Registry[Any] = Registry("activation", "model.activation")
 OBJECTIVES: Registry[Any] = Registry("objective", "objective.name")
 
 ALL = {
+    "families": FAMILIES,
     "architectures": ARCHITECTURES,
     "posteriors": POSTERIORS,
     "priors": PRIORS,

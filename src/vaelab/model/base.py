@@ -101,9 +101,16 @@ class Terms:
 
 
 class LatentVariableModel(nn.Module):
-    """Base of every model family: the capabilities above, each refused clearly where absent."""
+    """Base of every model family: the capabilities above, each refused clearly where absent.
+
+    A family sets ``image_shape`` (C, H, W) and ``latent_dim`` (what the store records and the figures
+    lay out) and registers a builder ``(model_config, image_shape, batch) -> model`` with
+    ``vaelab.core.registry.FAMILIES``.
+    """
 
     family = "model"
+    image_shape: tuple[int, int, int]
+    latent_dim: int
 
     def __init__(self) -> None:
         super().__init__()

@@ -11,8 +11,9 @@ import torch
 
 from vaelab.config import ModelConfig
 from vaelab.core.memory import require_memory
-from vaelab.core.registry import ARCHITECTURES, LIKELIHOODS, POSTERIORS, PRIORS
+from vaelab.core.registry import ARCHITECTURES, FAMILIES, LIKELIHOODS, POSTERIORS, PRIORS
 from vaelab.errors import VaelabError
+from vaelab.model.base import LatentVariableModel
 from vaelab.model.vae import VAE
 from vaelab.nets.accel import accelerate
 
@@ -63,6 +64,13 @@ def check_memory(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -
     )
 
 
+def build_model(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> LatentVariableModel:
+    """The model of the family ``config.family`` names, as its registered builder makes it."""
+    config.validate()
+    return FAMILIES.get(config.family)(config, image_shape, batch)
+
+
+@FAMILIES.register("vae", "one latent layer: encoder -> posterior, prior, decoder -> likelihood (model.*)")
 def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> VAE:
     """The model ``config`` names, each slot taken from its registry; refused first if training it on
     ``batch`` images at a time (times importance samples) would not fit in memory."""

@@ -18,7 +18,7 @@ import torch
 from vaelab.config import ModelConfig, RunConfig
 from vaelab.errors import VaelabError
 from vaelab.io import atomic_write, atomic_write_json
-from vaelab.model.build import build_vae
+from vaelab.model.build import build_model
 from vaelab.model.vae import VAE
 
 FORMAT = "vaelab-model"
@@ -100,7 +100,7 @@ def load_model(directory: Path) -> tuple[VAE, RunConfig, dict[str, Any]]:
     meta = read_model_json(directory)
     try:
         config = RunConfig.from_dict(meta["config"], where="config")
-        model = build_vae(config.model, tuple(meta["image_shape"]))  # refuses sizes beyond memory first
+        model = build_model(config.model, tuple(meta["image_shape"]))  # refuses sizes beyond memory first
     except VaelabError as err:
         raise VaelabError(f"{directory / 'model.json'} describes no model vaelab can build: {err}") from None
     load_weights(model, directory / "model.safetensors")

@@ -48,7 +48,7 @@ from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
 from vaelab.io import REASONS, atomic_write_text, cannot_write, os_errno
-from vaelab.model import Shard, build_vae, make_objective, save_model
+from vaelab.model import Shard, build_model, make_objective, save_model
 from vaelab.runs import RunDir
 from vaelab.runs.rundir import CONFIG
 from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
@@ -125,7 +125,7 @@ class Trainer:
             )
         self.device = torch.device(device)
         examples_per_step = min(train.batch_size, len(self.train_batches.images)) * config.objective.k
-        self.model = build_vae(config.model, self.dataset.image_shape, batch=examples_per_step)
+        self.model = build_model(config.model, self.dataset.image_shape, batch=examples_per_step)
         if config.model.decoder_bias == "data-mean":
             self.model.init_output_bias(self.train_batches.mean_image())
         self.model.to(self.device)
