@@ -116,7 +116,7 @@ def test_every_shipped_model_json_reads(tmp_path):
         ("config.model.arch", "transformer", "model.arch must be one of"),
         ("config.model.hidden", [32, -1], "model.hidden"),
         ("config.model.likelihood_scale", -1.0, "model.likelihood_scale"),
-        ("config.model.wings", 2, "unknown config key model.wings"),
+        ("config.model.wings", 2, "unknown config key 'model.wings'"),
         ("config.extra", {}, "unknown config section"),
         ("epochs_trained", "30", "epochs_trained must be a non-negative integer"),
         ("epochs_trained", -1, "epochs_trained must be a non-negative integer"),

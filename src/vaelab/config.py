@@ -261,7 +261,7 @@ def _set(section: Any, section_name: str, key: str, value: Any, where: str) -> N
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise VaelabError(
-            f"{where}: unknown config key {section_name}.{key}; known keys in [{section_name}]: {', '.join(fields)}"
+            f"{where}: unknown config key {section_name + '.' + key!r}; known keys in [{section_name}]: {', '.join(fields)}"
         )
     hint = typing.get_type_hints(type(section))[key]
     setattr(section, key, _coerce(value, hint, f"{section_name}.{key}"))

@@ -30,7 +30,8 @@ INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
 def _error(message: str) -> None:
-    _stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+    one_line = " ".join(message.split("\n"))  # a name the user typed may hold a newline
+    _stderr.print(f"[bold red]error:[/] {escape(one_line)}", markup=True)
     sys.exit(2)
 
 
