@@ -412,3 +412,17 @@ def test_shipped_results_hold_no_absolute_paths():
         result = json.loads(path.read_text())
         assert result["run_dir"] == path.parent.name
         assert not [s for s in strings(result) if os.path.isabs(s) or "/work/" in s], path
+
+
+def test_data_and_config_files_that_are_pipes_or_devices_are_refused_without_reading(tmp_path, run_cli):
+    import os
+
+    fifo = tmp_path / "data.npz"
+    os.mkfifo(fifo)
+    config_fifo = tmp_path / "config.toml"
+    os.mkfifo(config_fifo)
+    for args in (["--dataset", str(fifo)], ["--config", str(config_fifo)], ["--config", "/dev/zero"]):
+        result = run_cli("train", "--out", str(tmp_path / "run"), *args)  # a read would block or never end
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith("is not a regular file (a folder, device or pipe)")
+        assert not (tmp_path / "run").exists()

@@ -26,12 +26,17 @@ import tomli_w
 
 from vaelab.core import registry
 from vaelab.errors import VaelabError
+from vaelab.io import require_regular_file
 
 MAX_THREADS = 1024  # beyond any CPU's core count; torch would start every one of them
 MAX_PRIOR_COMPONENTS = 10_000  # 20x the VampPrior paper's 500 pseudo-inputs
 MAX_LIKELIHOOD_COMPONENTS = 256  # more logistics than the 256 levels they describe add nothing
 MAX_FLOW_STEPS = 64  # far beyond Kingma et al.'s flows (2 to 8 steps)
 MAX_FLOW_HIDDEN = 16_384  # far beyond Kingma et al.'s MADEs (320 to 1920 units)
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -200,6 +205,8 @@ class RunConfig:
 
 def read_toml(path: Path) -> dict[str, Any]:
     path = Path(path)
+    if require_regular_file(path, "config file") > MAX_CONFIG_BYTES:
+        raise VaelabError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a vaelab config")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -324,6 +331,8 @@ def _check_plain_value(name: str, value: Any) -> None:
             _check_plain_value(name, item)
     elif isinstance(value, float) and not math.isfinite(value):
         raise VaelabError(f"{name} must be a finite number, got {value}")
+    elif isinstance(value, float) and abs(value) > FLOAT32_MAX:  # the computations are float32
+        raise VaelabError(f"{name} = {value} is beyond float32's range (±3.4e38)")
     elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         raise VaelabError(f"{name} = {value} does not fit in a 64-bit integer")
     elif isinstance(value, str):

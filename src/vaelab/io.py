@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,20 @@ REASONS = {
     errno.EEXIST: "it exists and is not a directory",
 }
 _RUST_IO_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) reports an I/O error
+
+
+def require_regular_file(path: Path | str, what: str = "file") -> int:
+    """The size of ``path`` if it is a regular file; a device, pipe or folder (which a read would hang on
+    or never finish: /dev/zero, a FIFO) is refused in one line."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise VaelabError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise VaelabError(f"cannot read {what} {path}: {reason(err)}") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise VaelabError(f"{what} {path} is not a regular file (a folder, device or pipe)")
+    return status.st_size
 
 
 def os_errno(err: BaseException) -> int | None:

@@ -20,8 +20,27 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Train, evaluate, visualise and ship variational autoencoders.",
 )
+SEED_MAX = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import vaelab
+
+        print(f"vaelab {vaelab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train, evaluate, visualise and ship variational autoencoders."""
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -255,7 +274,7 @@ def sample(
     run_dir: RunDirArg = None,
     pretrained: PretrainedOpt = None,
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many images.")] = 64,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Sampling seed.")] = 0,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/figures/samples-N-seedS.png).")
     ] = None,
@@ -286,18 +305,21 @@ def evaluate(
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Seed of the ELBO noise and the Fréchet prior samples (default: the one training used for its test numbers)."
+            min=0,
+            max=SEED_MAX,
+            help="Seed of the ELBO noise and the Fréchet prior samples (default: the one training used for its test numbers).",
         ),
     ] = None,
     nll: Annotated[
         bool, typer.Option("--nll", help="Also estimate -log p(x) by importance sampling (IWAE-k, Burda et al.).")
     ] = False,
-    k: Annotated[int, typer.Option("--k", min=1, help="Importance samples per image for --nll.")] = 5000,
+    k: Annotated[int, typer.Option("--k", min=1, max=1_000_000, help="Importance samples per image for --nll.")] = 5000,
     limit: Annotated[
         int, typer.Option("--limit", min=0, help="Evaluate the first N test images (0 = all); nothing is written.")
     ] = 0,
     fd_samples: Annotated[
-        int, typer.Option("--fd-samples", min=2, help="Prior samples for the Fréchet distance (MNIST only).")
+        int,
+        typer.Option("--fd-samples", min=2, max=1_000_000, help="Prior samples for the Fréchet distance (MNIST only)."),
     ] = 10_000,
     no_write: Annotated[
         bool, typer.Option("--no-write", help="Do not append to the run's metrics.jsonl and report.md.")

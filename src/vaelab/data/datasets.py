@@ -41,6 +41,7 @@ from vaelab.data.sources import (
     verify_md5,
 )
 from vaelab.errors import VaelabError
+from vaelab.io import require_regular_file
 
 MNIST_FILES = RemoteFiles(
     md5={  # the official sums of the uncompressed files (see data/mnist/MD5SUMS.uncompressed)
@@ -261,6 +262,7 @@ def load_npy_folder(folder: Path, name: str) -> ImageDataset:
 
 def load_npz(path: Path, name: str) -> ImageDataset:
     path = Path(path)
+    require_regular_file(path, "data file")
     try:
         with zipfile.ZipFile(path) as archive:
             missing = [key for key in NPZ_ARRAYS if f"{key}.npy" not in archive.namelist()]

@@ -25,6 +25,7 @@ import numpy as np
 
 from vaelab.core.memory import require_memory
 from vaelab.errors import VaelabError
+from vaelab.io import require_regular_file
 
 _IDX_TYPES = {
     0x08: np.dtype(np.uint8),
@@ -44,6 +45,7 @@ def _reading(source: Path | bytes, name: str) -> Iterator[BinaryIO]:
     if isinstance(source, bytes):
         handle: BinaryIO = io.BytesIO(source)
     else:
+        require_regular_file(source, "data file")
         try:
             handle = open(source, "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
@@ -145,9 +147,10 @@ def read_idx(path: Path) -> np.ndarray:
 def is_raw_idx(path: Path) -> bool:
     """True for an uncompressed IDX file (one that can be memory-mapped)."""
     try:
+        require_regular_file(path, "data file")
         with open(path, "rb") as handle:
             return handle.read(2) == b"\x00\x00"
-    except OSError:
+    except (OSError, VaelabError):
         return False
 
 
@@ -156,6 +159,7 @@ def memmap_idx(path: Path) -> np.ndarray:
     nothing is read until it is indexed. Copy-on-write, so the array is writable in memory (torch
     wants that) while the file never changes."""
     path = Path(path)
+    require_regular_file(path, "data file")
     try:
         with open(path, "rb") as handle:
             head = handle.read(4 + 4 * 4)

@@ -92,7 +92,7 @@ def load_checkpoint(
             raise VaelabError(f"{path} holds a tensor {short_repr(key)} that no vaelab checkpoint has")
         parts[prefix][key[len(prefix) :]] = tensor
     info = _metadata_json(path, metadata, "info")
-    if not (isinstance(info, dict) and type(info.get("epoch")) is int and info["epoch"] >= 0):
+    if not (isinstance(info, dict) and type(info.get("epoch")) is int and 0 <= info["epoch"] < 2**31):
         raise VaelabError(f"{path}: its info must say the epochs completed as an integer >= 0, got {short_repr(info)}")
     modules = {"model": model, "averaged": averaged}
     for name, module in modules.items():

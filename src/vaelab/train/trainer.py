@@ -330,6 +330,11 @@ class Trainer:
         ends in a :class:`VaelabError` naming the file; the last checkpoint stays whole.
         """
         main = self.world.is_main  # only rank 0 writes the run directory
+        if self.epoch > self.config.train.epochs:
+            raise VaelabError(
+                f"{self.run_dir}: its checkpoint says {self.epoch} epochs were trained, more than the run's "
+                f"train.epochs = {self.config.train.epochs}; the checkpoint was edited or belongs to another run"
+            )
         with ExitStack() as lock:
             if self._lock is not None:  # taken by resume()
                 lock.enter_context(self._lock)
@@ -486,7 +491,7 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
         + (f"; evaluated with the weights' moving average (decay {t.ema_decay:g} per step)" if t.ema_decay else ""),
     ]
     if train_rows:
-        seconds = sum(r["seconds"] for r in train_rows)
+        seconds = sum(r.get("seconds", 0.0) for r in train_rows if isinstance(r.get("seconds"), (int, float)))
         lines.append(f"- training time: {seconds:.0f} s ({seconds / len(train_rows):.1f} s per epoch)")
     if test:
         lines += [
