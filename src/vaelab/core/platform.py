@@ -27,7 +27,7 @@ class CpuCapabilities:
     model: str
     flags: frozenset[str]  # the matrix-relevant /proc/cpuinfo flags this CPU has
     native_bf16: bool  # oneDNN computes bf16 products and convolutions in hardware
-    bf16_hidden: bool = False  # native_bf16 forced off by VAELAB_NO_NATIVE_BF16
+    bf16_hidden: bool = False  # VAELAB_NO_NATIVE_BF16 is set: bf16 counts as absent whatever the CPU
 
     @property
     def amx(self) -> bool:
@@ -74,7 +74,7 @@ def cpu_capabilities() -> CpuCapabilities:
     model, flags = _cpuinfo()
     native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     hidden = os.environ.get(NO_NATIVE_BF16, "").strip() not in ("", "0")
-    return CpuCapabilities(model, frozenset(flags & set(_REPORTED_FLAGS)), native and not hidden, native and hidden)
+    return CpuCapabilities(model, frozenset(flags & set(_REPORTED_FLAGS)), native and not hidden, hidden)
 
 
 def require_native_bf16(what: str = "--precision bf16") -> None:
