@@ -248,7 +248,7 @@ def test_config_file_not_utf8_or_not_a_file(tmp_path):
     with pytest.raises(VaelabError, match="cannot read config file") as info:
         RunConfig.load(latin)
     assert str(latin) in str(info.value)
-    with pytest.raises(VaelabError, match="cannot read config file"):
+    with pytest.raises(VaelabError, match="is not a regular file"):
         RunConfig.load(tmp_path)  # a folder
 
 
