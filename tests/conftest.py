@@ -24,6 +24,8 @@ torch.set_num_threads(1)
 TINY_DATA = ["data.train_limit=512", "data.validation_size=256", "data.test_limit=256"]
 TINY_MLP = ["model.arch=mlp", "model.hidden=[32]", "train.batch_size=64", "train.eval_batch_size=256"]
 TINY = TINY_DATA + TINY_MLP + ["train.epochs=2", "train.threads=1"]
+# the (epoch, split) records of a TINY run's metrics.jsonl, in order
+TINY_RUN_RECORDS = [(1, "train"), (1, "validation"), (2, "train"), (2, "validation"), (2, "test")]
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

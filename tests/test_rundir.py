@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_DATA, set_args
+from tests.conftest import TINY_DATA, TINY_RUN_RECORDS, set_args
 from tests.test_cli import _check_user_error, _main
 from vaelab.errors import VaelabError
 from vaelab.runs import RunDir, parse_records
@@ -133,13 +133,7 @@ def test_two_trainings_into_one_directory_leave_one_run(cli):
     meta = json.loads((run / "model.json").read_text())
     assert meta["config"]["train"]["seed"] == seed and f"seed = {seed}" in (run / "config.toml").read_text()
     records = RunDir(run).records()
-    assert [(r["epoch"], r["split"]) for r in records] == [
-        (1, "train"),
-        (1, "validation"),
-        (2, "train"),
-        (2, "validation"),
-        (2, "test"),
-    ]
+    assert [(r["epoch"], r["split"]) for r in records] == TINY_RUN_RECORDS
 
 
 def test_two_resumes_at_once_write_each_record_once(cli):

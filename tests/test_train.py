@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.conftest import TINY_DATA, set_args, tiny_config
+from tests.conftest import TINY_DATA, TINY_RUN_RECORDS, set_args, tiny_config
 from vaelab.config import RunConfig
 from vaelab.data import Batches, load_dataset
 from vaelab.eval import evaluate_elbo
@@ -52,13 +52,7 @@ def test_config_toml_is_the_resolved_config(trained_run):
 
 def test_metrics_records(trained_run):
     records = _records(trained_run)
-    assert [(r["epoch"], r["split"]) for r in records] == [
-        (1, "train"),
-        (1, "validation"),
-        (2, "train"),
-        (2, "validation"),
-        (2, "test"),
-    ]
+    assert [(r["epoch"], r["split"]) for r in records] == TINY_RUN_RECORDS
     for r in records:
         assert r["total"] == pytest.approx(r["reconstruction"] + r["kl"], rel=1e-5)
         assert 0 < r["total"] < 784 and r["kl"] >= 0  # nats per image, summed over 784 pixels
