@@ -21,12 +21,9 @@ from vaelab.distributions.posteriors import (
     FullCovarianceGaussian,
     InverseAutoregressiveFlow,
     StudyCholeskySample,
-    detached,
-    reparameterize,
-    rsample_rows,
 )
 from vaelab.distributions.priors import CorrelatedGaussian, LearnableGaussian, StandardNormal
-from vaelab.model import build_vae, load_model, save_model
+from vaelab.model import Context, Shard, build_vae, load_model, save_model
 
 
 def _full_params(batch: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -155,8 +152,8 @@ def test_diagonal_samples_are_bitwise_torchs_rsample_for_the_same_seed():
     assert torch.equal(z, expected)
     assert torch.equal(log_q, reference.log_prob(expected))
     eps = torch.randn(4, 5, 3)
-    assert torch.equal(reparameterize(q, eps), mu + eps * sigma)
-    assert torch.equal(detached(q).log_prob(z), log_q)
+    assert torch.equal(q.reparameterize(eps)[0], mu + eps * sigma)
+    assert torch.equal(q.detached().log_prob(z), log_q)
 
 
 def test_study_sampler_keeps_its_noise_stream_and_its_density():
@@ -191,7 +188,8 @@ def test_rows_of_a_sharded_batch_get_the_noise_of_the_whole_batch(family):
     torch.manual_seed(3)
     whole = posterior(params).rsample((2,))
     torch.manual_seed(3)
-    part = rsample_rows(posterior(params[2:5]), torch.Size((2,)), slice(2, 5), 7)
+    eps = Context(shard=Shard(2, 5, 7)).noise((2, 3, 2), params)  # the data-parallel noise protocol
+    part = posterior(params[2:5]).reparameterize(eps)[0]
     torch.testing.assert_close(part, whole[:, 2:5], rtol=0, atol=1e-6)
 
 

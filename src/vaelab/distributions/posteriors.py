@@ -252,28 +252,6 @@ class InverseAutoregressiveFlow(nn.Module):
 # --- today's module-level entry points, thin calls of the protocol --------------------------------
 
 
-def reparameterize(q: PosteriorDistribution, eps: torch.Tensor) -> torch.Tensor:
-    """The sample ``q`` makes from the standard normal noise ``eps`` (same shape as a sample)."""
-    return q.reparameterize(eps)[0]
-
-
-def detached(q: PosteriorDistribution) -> Distribution:
-    """``q`` with its parameters cut from the graph (see PosteriorDistribution.detached)."""
-    return q.detached()
-
-
-def rsample_rows(q: PosteriorDistribution, sample_shape: torch.Size, rows: slice, total: int) -> torch.Tensor:
-    """``q.rsample(sample_shape)`` for the images ``rows`` of a batch of ``total`` images, when q holds
-    only those rows (one process of data-parallel training).
-
-    The noise of the whole batch is drawn, exactly as one process holding all ``total`` images would
-    draw it, and this process keeps its rows: every process's RNG stays in step with the
-    single-process run, and the images get the very noise they would get there.
-    """
-    eps = q.standard_noise(torch.Size(sample_shape) + (total,))
-    return q.reparameterize(eps[..., rows, :])[0]
-
-
 # --- registration ----------------------------------------------------------------------------------
 
 
