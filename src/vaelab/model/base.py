@@ -7,7 +7,10 @@ A latent-variable model trained by amortised variational inference offers some o
 * ``log_weights(x, k, ctx, dreg_path=None) -> LogWeights``: k importance log-weights
   log p(x, z_i) - log q(z_i | x) per example (what the IWAE objective trains on and the NLL estimates);
 * ``encode`` / ``decode`` / ``sample`` / ``reconstruct`` (figures, probes, Fréchet distance);
-* ``networks()``: the modules that may run in reduced precision (the training's precision policy).
+* ``networks()``: the modules that may run in reduced precision (the training's precision policy);
+* ``features(x) -> (mean, scale)``: the posterior's location and per-dimension scale (a feature extractor);
+* ``export_part(part) -> ExportPart``: a plain torch module of the ``encoder`` (images -> mean, scale)
+  or the ``decoder`` (codes -> mean images), for ``vaelab export``.
 
 A capability a family lacks raises :class:`Unsupported` (a VaelabError naming the family and what is
 missing); callers that can skip a step ask :meth:`LatentVariableModel.can` first, and say what they skip.
@@ -100,6 +103,24 @@ class Terms:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further named per-example terms
 
 
+EXPORT_PARTS = ("encoder", "decoder")
+
+
+@dataclass
+class ExportPart:
+    """One part of a model as a plain torch module for export (ONNX): one input tensor, named outputs.
+
+    The last output is ``network``'s own output (what the model's posterior or likelihood is built
+    from), so a quality check can run the model with ``network`` replaced by the exported file.
+    """
+
+    module: nn.Module  # input -> outputs, no speed tricks, nothing but torch ops
+    network: nn.Module  # the model's network (one of networks()) whose output is the last output
+    input_name: str
+    output_names: tuple[str, ...]
+    example: torch.Tensor  # an input of the right shape (batch 2), for tracing
+
+
 class LatentVariableModel(nn.Module):
     """Base of every model family: the capabilities above, each refused clearly where absent.
 
@@ -115,6 +136,7 @@ class LatentVariableModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.network_dtype: torch.dtype | None = None  # set by the training's precision policy
+        self.network_runners: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # see networks_replaced
 
     def can(self, capability: str) -> bool:
         """Whether this family implements ``capability`` (a method name of the protocol)."""
@@ -144,9 +166,27 @@ class LatentVariableModel(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise self._unsupported("reconstruction")
 
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise self._unsupported("posterior mean and scale (features, vaelab encode)")
+
+    def export_part(self, part: str) -> ExportPart:
+        raise self._unsupported(f"exportable {part} (vaelab export)")
+
     def networks(self) -> list[nn.Module]:
         """The neural networks, which may compute in reduced precision; distributions stay fp32."""
         return []
+
+    @contextmanager
+    def networks_replaced(
+        self, runners: dict[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
+    ) -> Iterator[LatentVariableModel]:
+        """Meanwhile compute each network in ``runners`` by its function instead (an exported, quantised
+        copy, say), so every capability measures what that copy does."""
+        saved, self.network_runners = self.network_runners, {id(net): run for net, run in runners.items()}
+        try:
+            yield self
+        finally:
+            self.network_runners = saved
 
     @contextmanager
     def networks_in(self, dtype: torch.dtype | None) -> Iterator[LatentVariableModel]:
@@ -159,6 +199,8 @@ class LatentVariableModel(nn.Module):
 
     def run_network(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``net(x)`` in the policy's dtype, handed on in fp32."""
+        if self.network_runners and id(net) in self.network_runners:
+            return self.network_runners[id(net)](x)
         if self.network_dtype is None:
             return net(x)
         with torch.autocast(x.device.type, dtype=self.network_dtype):

@@ -10,6 +10,7 @@ losses and the KL are computed in fp32 whatever the networks' precision.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,9 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vaelab.distributions.kl import kl_terms
-from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
+from vaelab.errors import VaelabError
+from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LatentVariableModel, LogWeights
+from vaelab.nets.accel import PLAIN, accelerate
 
 
 def kl_and_sample(q, p, z: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,3 +128,59 @@ class VAE(LatentVariableModel):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior's mean and per-dimension standard deviation for each image (B x d each)."""
+        return _mean_and_scale(self.q_z(x))
+
+    def export_part(self, part: str) -> ExportPart:
+        """``encoder``: images -> (mean, scale, encoder_output); ``decoder``: codes -> (mean image,
+        decoder_output). The networks are copies with torch's plain layers (no CPU speed tricks)."""
+        if part == "encoder":
+            example = torch.rand(2, *self.image_shape)
+            with torch.no_grad():
+                _mean_and_scale(self.q_z(example))  # refuse a posterior without a scale before any work
+            module = _EncoderPart(_plain_copy(self.encoder), copy.deepcopy(self.posterior))
+            return ExportPart(module.eval(), self.encoder, "x", ("mean", "scale", "encoder_output"), example)
+        if part == "decoder":
+            module = _DecoderPart(_plain_copy(self.decoder), copy.deepcopy(self.likelihood))
+            return ExportPart(
+                module.eval(), self.decoder, "z", ("mean", "decoder_output"), torch.randn(2, self.latent_dim)
+            )
+        raise VaelabError(f"unknown part {part!r}; choose one of {', '.join(EXPORT_PARTS)}")
+
+
+def _mean_and_scale(q: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return q.mean, q.stddev
+    except NotImplementedError:
+        raise VaelabError(
+            f"the {getattr(q, 'family', '') or type(q).__name__} posterior has no closed-form mean and scale "
+            "(its q(z|x) is not a Gaussian), so it has no features and no exportable encoder; the decoder exports"
+        ) from None
+
+
+def _plain_copy(net: nn.Module) -> nn.Module:
+    return accelerate(copy.deepcopy(net), PLAIN).eval()
+
+
+class _EncoderPart(nn.Module):
+    def __init__(self, network: nn.Module, posterior: nn.Module) -> None:
+        super().__init__()
+        self.network, self.posterior = network, posterior
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.network(x)
+        mean, scale = _mean_and_scale(self.posterior(out))
+        return mean, scale, out
+
+
+class _DecoderPart(nn.Module):
+    def __init__(self, network: nn.Module, likelihood: nn.Module) -> None:
+        super().__init__()
+        self.network, self.likelihood = network, likelihood
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.network(z)
+        return self.likelihood(out).mean.clamp(0, 1), out
