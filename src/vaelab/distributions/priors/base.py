@@ -1,0 +1,42 @@
+"""The protocol every prior follows (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+PosteriorMap = Callable[[torch.Tensor], Distribution]  # images -> q(z | x), e.g. VAE.q_z
+
+
+def standard_normal_noise(n: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """n x d standard normal noise from ``generator`` (on its device), moved to ``like``'s device and dtype."""
+    return torch.randn((n, like.shape[-1]), generator=generator, device=generator.device).to(like)
+
+
+class Prior(nn.Module):
+    """The protocol every prior follows (see the module docstring)."""
+
+    def forward(self, q_z: PosteriorMap | None = None) -> Distribution:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, q_z: PosteriorMap | None = None) -> torch.Tensor:
+        """n draws from p(z), determined by ``generator`` alone (torch's global RNG is left as it was).
+
+        This general form seeds a forked RNG from the generator and asks the distribution to sample;
+        location-scale priors override it with their z = loc + scale * eps.
+        """
+        p = self(q_z)
+        device = p.mean.device
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return p.sample((n,))
+
+    def correlated_frame(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(loc, L) of a correlated Gaussian prior N(loc, L L^T), whose whitened coordinates u (z = loc
+        + L u) the figures lay their grids out in; None for every other prior."""
+        return None
