@@ -499,12 +499,27 @@ def bench(
         bool | None, typer.Option(help="Time fp32 training with train.compile = true (default: yes, not with --quick).")
     ] = None,
     threads: Annotated[int, typer.Option(help="Torch threads for the whole bench (0 = torch's default).")] = 0,
+    latency: Annotated[
+        bool,
+        typer.Option(
+            "--latency", help="Instead: batch-1 encode/decode latency (p50, p99) on one thread, fp32 and int8 ONNX."
+        ),
+    ] = False,
+    models: Annotated[
+        list[str] | None, typer.Option("--pretrained", help="With --latency: shipped models (default: seed-2d).")
+    ] = None,
 ) -> None:
     """Measure training/sampling/NLL throughput, as images/s and as a fraction of the matmul peak.
 
     At most about 3 minutes on any CPU (--quick: 1 minute); progress goes to stderr, one line per measurement.
     What the CPU cannot do natively (bf16 without hardware support) or what would not fit in the time is
     skipped, and the table says why."""
+    if latency:
+        from vaelab.cli.ship import bench_latency
+
+        return bench_latency(models, quick, as_json)
+    if models:
+        raise VaelabError("--pretrained goes with --latency")
     from vaelab.bench import suite
 
     results = suite.run(quick=quick, memory=memory, compile=compile, threads=threads)
@@ -534,3 +549,6 @@ def list_registered(
         for entry in entries:
             table.add_row(entry["name"], entry["summary"])
         console.print(table)
+
+
+from vaelab.cli import ship as _ship  # noqa: E402,F401  (registers export and encode)
