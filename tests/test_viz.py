@@ -292,3 +292,32 @@ def test_interpolation_pair_has_different_classes():
     assert _two_of_different_classes(np.array([3, 3, 3, 7, 1]), 5) == (0, 3)
     assert _two_of_different_classes(np.array([2, 2]), 2) == (0, 1)  # no other class: any two
     assert _two_of_different_classes(None, 1) == (0, 0)
+
+
+def test_scatter_draws_a_learned_prior_where_it_is():
+    """A learned Gaussian prior's ellipses sit at its mean; a mixture's density contours are drawn, not N(0, I)'s circles."""
+    from vaelab.viz.figures import _prior_drawing
+
+    model = small_vae(2, "learnable")
+    with torch.no_grad():
+        model.prior.loc.copy_(torch.tensor([2.0, -1.0]))
+        model.prior.log_scale.copy_(torch.tensor([0.0, math.log(0.5)]))
+    means, labels = torch.randn(40, 2), torch.arange(40) % 4
+    fig = latent_scatter(means, labels, **_prior_drawing(model))
+    ellipses = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
+    assert [e.center for e in ellipses] == [(2.0, -1.0), (2.0, -1.0)]
+    assert ellipses[0].width == pytest.approx(2.0) and ellipses[0].height == pytest.approx(1.0)
+    assert "learned Gaussian prior" in fig.axes[0].get_title()
+    plt.close(fig)
+
+    model = small_vae(2, "mog")
+    fig = latent_scatter(means, labels, **_prior_drawing(model))
+    ax = fig.axes[0]
+    assert not [p for p in ax.patches if isinstance(p, Ellipse)]  # no N(0, I) circles
+    assert ax.collections[-1].get_paths() or ax.collections[-1].allsegs  # the density's contour lines
+    assert "density contours" in ax.get_title()
+    plt.close(fig)
+    fig = pairwise_projections(torch.randn(30, 3), torch.arange(30) % 4, **_prior_drawing(small_vae(3, "mog")))
+    assert "not Gaussian" in fig._suptitle.get_text()
+    assert not [p for ax in fig.axes for p in ax.patches if isinstance(p, Ellipse)]
+    plt.close(fig)

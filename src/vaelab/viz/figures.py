@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -77,10 +78,23 @@ def _is_correlated(model: VAE) -> bool:
     return model.prior.correlated_frame() is not None
 
 
-def _prior_scale_tril(model: VAE) -> torch.Tensor | None:
-    """L of a correlated prior N(loc, L Lᵀ) (the figures draw its ellipses); None for any other prior."""
-    frame = model.prior.correlated_frame()
-    return None if frame is None else frame[1]
+def _prior_drawing(model: VAE) -> dict[str, Any]:
+    """How the scatters draw the prior: nothing extra for N(0, I) (their default circles), the 1σ / 2σ
+    ellipses of any other Gaussian, and the density of a prior that is not one (a mixture, the VampPrior)."""
+    gaussian = model.prior.gaussian()
+    if gaussian is None:
+        with _inference(model) as device:
+            prior = model.p_z()
+
+            def log_density(z: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return prior.log_prob(torch.as_tensor(z, dtype=torch.float32, device=device)).cpu().numpy()
+
+            return {"prior_log_density": log_density}
+    loc, L = (t.detach().float().cpu() for t in gaussian)
+    if not loc.any() and torch.equal(L, torch.eye(len(loc))):
+        return {}
+    return {"prior_scale_tril": L, "prior_loc": loc}
 
 
 def encode_means(model: VAE, x: ArrayLike, batch_size: int = BATCH) -> torch.Tensor:
@@ -180,15 +194,17 @@ def _show_latent_grid(ax, images: torch.Tensor, n: int, span: float, names: tupl
         ax.tick_params(axis="x", labelrotation=90)
 
 
-def _prior_ellipses(ax, cov2: np.ndarray, light: bool = False, label: bool = True) -> None:
-    """Draw the 1σ and 2σ contours of N(0, cov2) (2 x 2) on ``ax``."""
+def _prior_ellipses(
+    ax, cov2: np.ndarray, light: bool = False, label: bool = True, centre: tuple[float, float] = (0.0, 0.0)
+) -> None:
+    """Draw the 1σ and 2σ contours of N(centre, cov2) (2 x 2) on ``ax``."""
     eigenvalues, eigenvectors = np.linalg.eigh(cov2)
     major = eigenvectors[:, 1]
     angle = math.degrees(math.atan2(major[1], major[0]))
     for k, style in ((1, "-"), (2, "--")):
         ax.add_patch(
             Ellipse(
-                (0.0, 0.0),
+                centre,
                 width=2 * k * math.sqrt(max(eigenvalues[1], 0.0)),
                 height=2 * k * math.sqrt(max(eigenvalues[0], 0.0)),
                 angle=angle,
@@ -201,6 +217,21 @@ def _prior_ellipses(ax, cov2: np.ndarray, light: bool = False, label: bool = Tru
                 zorder=3,
             )
         )
+
+
+def _density_contours(ax, points: np.ndarray, log_density: Callable[[np.ndarray], np.ndarray], n: int = 120) -> None:
+    """Contours of a 2-D density over the points' extent, at the levels that hold 39% and 86% of its
+    mass there (what the 1σ / 2σ ellipses of a Gaussian hold)."""
+    lo, hi = points.min(0), points.max(0)
+    pad = 0.15 * (hi - lo) + 1e-3
+    xs, ys = np.linspace(lo[0] - pad[0], hi[0] + pad[0], n), np.linspace(lo[1] - pad[1], hi[1] + pad[1], n)
+    grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+    density = np.exp(log_density(grid).astype(np.float64)).reshape(n, n)
+    mass = np.sort(density.ravel())[::-1]
+    cumulative = np.cumsum(mass) / max(mass.sum(), 1e-300)
+    levels = sorted({float(mass[min(np.searchsorted(cumulative, q), len(mass) - 1)]) for q in (0.393, 0.865)})
+    if len(levels) == 2 and levels[0] < levels[1]:
+        ax.contour(xs, ys, density, levels=levels, colors="black", linestyles=["--", "-"], linewidths=1.0, zorder=3)
 
 
 def _class_names(labels: np.ndarray, class_names: Sequence[str] | None) -> dict[int, str]:
@@ -274,7 +305,7 @@ def latent_manifold(model: VAE, n: int = 20, span: float = 3.0) -> Figure:
         fig.tight_layout()
         return fig
 
-    L = _prior_scale_tril(model).detach().float().cpu().numpy()
+    L = model.prior.correlated_frame()[1].detach().float().cpu().numpy()
     fig, (ax, side) = _subplots(1, 2, figsize=(11.5, 8), gridspec_kw={"width_ratios": [3, 1.35]})
     _show_latent_grid(ax, images, n, span, ("u[0]", "u[1]"))
     note = _other_dims_note(d, 2, "u")
@@ -324,15 +355,24 @@ def latent_scatter(
     labels: ArrayLike,
     class_names: Sequence[str] | None = None,
     prior_scale_tril: ArrayLike | None = None,
+    prior_loc: ArrayLike | None = None,
+    prior_log_density: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Figure:
-    """Latent means (first two dimensions) coloured by class, with the prior's 1σ/2σ contours."""
+    """Latent means (first two dimensions) coloured by class, with the prior's 1σ/2σ contours: those of
+    N(prior_loc, L Lᵀ) given its ``prior_scale_tril``, of N(0, I) by default, or, given the log-density
+    of a prior that is not Gaussian (points N x 2 -> N), the contours of that density."""
     points, labels = _check_means_labels(means, labels, 2)
     fig, ax = _subplots(figsize=(8, 6.8))
     handles, texts = _scatter_classes(ax, points[:, :2], labels, class_names)
-    if prior_scale_tril is not None:
+    if prior_log_density is not None:
+        _density_contours(ax, points[:, :2], prior_log_density)
+        title = "Latent means of the test set, with the prior's density contours"
+    elif prior_scale_tril is not None:
         L = _numpy(prior_scale_tril).astype(np.float64)
-        _prior_ellipses(ax, (L @ L.T)[:2, :2], light=False)
-        title = "Latent means of the test set, with the correlated prior's 1σ / 2σ ellipses"
+        centre = (0.0, 0.0) if prior_loc is None else tuple(float(v) for v in _numpy(prior_loc)[:2])
+        _prior_ellipses(ax, (L @ L.T)[:2, :2], light=False, centre=centre)
+        kind = "correlated" if np.any(np.tril(L[:2, :2], -1)) else "learned"
+        title = f"Latent means of the test set, with the {kind} Gaussian prior's 1σ / 2σ ellipses"
     else:
         _prior_ellipses(ax, np.eye(2), light=True)
         title = "Latent means of the test set, with the N(0, I) prior's 1σ / 2σ circles"
@@ -341,7 +381,8 @@ def latent_scatter(
     ax.set_ylabel("z[1]")
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.add_artist(ax.legend(handles=list(ax.patches[:2]), loc="lower right", fontsize=8))
+    if ax.patches:
+        ax.add_artist(ax.legend(handles=list(ax.patches[:2]), loc="lower right", fontsize=8))
     _legend(fig, ax, handles, texts)
     fig.tight_layout()
     return fig
@@ -367,10 +408,14 @@ def pairwise_projections(
     labels: ArrayLike,
     class_names: Sequence[str] | None = None,
     prior_scale_tril: ArrayLike | None = None,
+    prior_loc: ArrayLike | None = None,
+    prior_log_density: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Figure:
-    """Three panels of the latent means: (z0, z1), (z1, z2), (z0, z2), with the prior's marginal 1σ/2σ."""
+    """Three panels of the latent means: (z0, z1), (z1, z2), (z0, z2), with the prior's marginal 1σ/2σ
+    (N(0, I) by default; none for a prior given by its density, whose marginals are not drawn)."""
     points, labels = _check_means_labels(means, labels, 3)
     cov = np.eye(points.shape[1])
+    loc = np.zeros(points.shape[1]) if prior_loc is None else _numpy(prior_loc).astype(np.float64)
     if prior_scale_tril is not None:
         L = _numpy(prior_scale_tril).astype(np.float64)
         cov = L @ L.T
@@ -378,15 +423,20 @@ def pairwise_projections(
     handles, texts = [], []
     for ax, (i, j) in zip(axes, ((0, 1), (1, 2), (0, 2)), strict=True):
         handles, texts = _scatter_classes(ax, points[:, [i, j]], labels, class_names, size=3.0)
-        _prior_ellipses(ax, cov[np.ix_([i, j], [i, j])], light=prior_scale_tril is None, label=False)
+        if prior_log_density is None:
+            ellipse = cov[np.ix_([i, j], [i, j])]
+            _prior_ellipses(ax, ellipse, light=prior_scale_tril is None, label=False, centre=(loc[i], loc[j]))
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel(f"z[{i}]")
         ax.set_ylabel(f"z[{j}]")
         ax.set_title(f"(z{i}, z{j})")
         ax.grid(alpha=0.3)
     _legend(fig, axes[-1], handles, texts)
-    prior = "correlated prior" if prior_scale_tril is not None else "N(0, I) prior"
-    fig.suptitle(f"Pairwise projections of the latent means (test set); {prior} 1σ / 2σ contours")
+    if prior_log_density is not None:
+        prior = "the prior is not Gaussian: its marginals are not drawn"
+    else:
+        prior = ("Gaussian prior" if prior_scale_tril is not None else "N(0, I) prior") + " 1σ / 2σ contours"
+    fig.suptitle(f"Pairwise projections of the latent means (test set); {prior}")
     fig.tight_layout()
     return fig
 
@@ -591,10 +641,10 @@ def write_run_figures(
     if d in (2, 3) and labels is not None:
         means = encode_means(model, x)
         if d == 2:
-            put("latent_scatter.png", latent_scatter(means, labels, names, _prior_scale_tril(model)))
+            put("latent_scatter.png", latent_scatter(means, labels, names, **_prior_drawing(model)))
         else:
             put("latent_scatter_3d.png", latent_scatter_3d(means, labels, names))
-            put("latent_projections.png", pairwise_projections(means, labels, names, _prior_scale_tril(model)))
+            put("latent_projections.png", pairwise_projections(means, labels, names, **_prior_drawing(model)))
     if d == 3:
         put("manifold_cross_sections.png", manifold_cross_sections(model))
     return written

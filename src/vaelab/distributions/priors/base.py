@@ -36,6 +36,11 @@ class Prior(nn.Module):
             torch.manual_seed(seed)
             return p.sample((n,))
 
+    def gaussian(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(loc, L) when p(z) is exactly the Gaussian N(loc, L L^T), whose 1σ / 2σ ellipses the figures
+        draw; None for any other prior (the figures then draw its density)."""
+        return None
+
     def correlated_frame(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(loc, L) of a correlated Gaussian prior N(loc, L L^T), whose whitened coordinates u (z = loc
         + L u) the figures lay their grids out in; None for every other prior."""

@@ -61,6 +61,9 @@ class CorrelatedGaussian(Prior):
     def sample(self, n: int, generator: torch.Generator, q_z: PosteriorMap | None = None) -> torch.Tensor:
         return self.loc + standard_normal_noise(n, self.loc, generator) @ self.scale_tril.T
 
+    def gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc, self.scale_tril
+
     def correlated_frame(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loc, self.scale_tril
 

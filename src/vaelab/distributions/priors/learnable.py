@@ -22,6 +22,9 @@ class LearnableGaussian(Prior):
     def forward(self, q_z: PosteriorMap | None = None) -> Distribution:
         return Independent(Normal(self.loc, self.log_scale.exp(), validate_args=False), 1, validate_args=False)
 
+    def gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc, torch.diag(self.log_scale.exp())
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, q_z: PosteriorMap | None = None) -> torch.Tensor:
         return self.loc + standard_normal_noise(n, self.loc, generator) * self.log_scale.exp()

@@ -20,6 +20,9 @@ class StandardNormal(Prior):
     def forward(self, q_z: PosteriorMap | None = None) -> Distribution:
         return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
 
+    def gaussian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc, torch.diag(self.scale)
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, q_z: PosteriorMap | None = None) -> torch.Tensor:
         return self.loc + standard_normal_noise(n, self.loc, generator) * self.scale
