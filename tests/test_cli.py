@@ -56,6 +56,7 @@ def _cases(tmp: Path, trained_run: Path) -> dict[str, list[str]]:
         "out-is-a-run": ["train", "--out", str(existing), *QUICK],
         "datasets": ["datasets", "--json"],
         "help": ["--help"],
+        "train-help": ["train", "--help"],
     }
 
 
@@ -185,6 +186,8 @@ def test_help(results):
     assert result.returncode == 0, result.stderr
     for command in ("train", "eval", "datasets", "plot", "sample"):
         assert command in result.stdout
+    train_help = results["train-help"].stdout
+    assert "[data]" in train_help and "[train]" in train_help  # not eaten as rich markup
 
 
 def test_resume_refuses_options_it_would_ignore(monkeypatch, capsys, trained_run):

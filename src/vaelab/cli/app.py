@@ -94,7 +94,7 @@ def train(
         Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/train-DATE-TIME).")
     ] = None,
     config_file: Annotated[
-        Path | None, typer.Option("--config", help="A TOML file of [data] [model] [objective] [train].")
+        Path | None, typer.Option("--config", help="A TOML file of \\[data] \\[model] \\[objective] \\[train] tables.")
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override one key: section.key=value (repeatable).")
