@@ -189,6 +189,6 @@ def test_negative_threads_on_the_command_line_end_in_one_error_line(run_cli):
     result = run_cli("bench", "--quick", "--threads", "-1", timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: --threads must be 0 (torch's default) or a number of threads, not -1"
+        "error: --threads must be 0 (torch's default) or a number of threads up to 1024, not -1"
     ]
     assert result.stdout == ""

@@ -29,6 +29,7 @@ from vaelab.errors import VaelabError
 from vaelab.io import require_regular_file
 
 MAX_THREADS = 1024  # beyond any CPU's core count; torch would start every one of them
+MAX_HIDDEN_LAYERS = 64  # deeper MLPs than any VAE paper's; 30,000 layers trained, then took minutes to load
 MAX_PRIOR_COMPONENTS = 10_000  # 20x the VampPrior paper's 500 pseudo-inputs
 MAX_LIKELIHOOD_COMPONENTS = 256  # more logistics than the 256 levels they describe add nothing
 MAX_FLOW_STEPS = 64  # far beyond Kingma et al.'s flows (2 to 8 steps)
@@ -75,7 +76,8 @@ class ModelConfig:
     likelihood_components: int = 5  # logistic-mixture: logistics per pixel and channel
     decoder_bias: str = "default"  # default (the layer's init) | data-mean (p(x|z) starts at the data mean)
     flow_steps: int = 2  # iaf: inverse autoregressive flow steps
-    flow_hidden: int = 0  # iaf: units per MADE hidden layer, also the encoder's context size; 0 = max(64, 4 * latent_dim)
+    # iaf: units per MADE hidden layer, also the encoder's context size; 0 = max(64, 4 * latent_dim)
+    flow_hidden: int = 0
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
@@ -84,6 +86,10 @@ class ModelConfig:
         _at_least("model.latent_dim", self.latent_dim, 1)
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise VaelabError(f"model.hidden must be a non-empty list of positive widths, got {self.hidden}")
+        if len(self.hidden) > MAX_HIDDEN_LAYERS:
+            raise VaelabError(
+                f"model.hidden lists {len(self.hidden)} layers; an MLP of vaelab has at most {MAX_HIDDEN_LAYERS}"
+            )
         _one_of("model.activation", self.activation, registry.ACTIVATIONS.names())
         _one_of("model.posterior", self.posterior, registry.POSTERIORS.names())
         _one_of("model.prior", self.prior, registry.PRIORS.names())
@@ -120,6 +126,11 @@ class ObjectiveConfig:
         _check_plain_values(self, "objective")
         _one_of("objective.name", self.name, registry.OBJECTIVES.names())
         _one_of("objective.gradient", self.gradient, ("reparam", "dreg"))
+        if self.gradient == "dreg" and self.name != "iwae":
+            raise VaelabError(
+                f"objective.gradient = dreg is the IWAE bound's estimator; it means nothing for "
+                f"objective.name = {self.name} (use objective.name = iwae, or gradient = reparam)"
+            )
         if self.beta < 0:
             raise VaelabError(f"objective.beta must be >= 0, got {self.beta}")
         _at_least("objective.k", self.k, 1)
@@ -153,9 +164,7 @@ class TrainConfig:
             raise VaelabError(f"train.lr must be > 0, got {self.lr}")
         _at_least("train.seed", self.seed, 0)
         _one_of("train.precision", self.precision, ("fp32", "bf16"))
-        _at_least("train.threads", self.threads, 0)
-        if self.threads > MAX_THREADS:
-            raise VaelabError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
+        check_threads("train.threads", self.threads)
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
@@ -301,6 +310,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     else:  # pragma: no cover - a schema type this function does not know is a bug
         raise TypeError(f"unsupported config type {hint} for {name}")
     raise VaelabError(f"{name} must be of type {hint.__name__}, got {value!r}")
+
+
+def check_threads(name: str, value: int) -> None:
+    """The one bound on a torch thread count, for the config and for the commands that take --threads."""
+    if not 0 <= value <= MAX_THREADS:
+        raise VaelabError(f"{name} must be 0 (torch's default) or a number of threads up to {MAX_THREADS}, not {value}")
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -31,10 +31,9 @@ from vaelab.allocator import retain_freed_memory
 from vaelab.bench import reference
 from vaelab.bench.flops import training_flops_per_image
 from vaelab.bench.timing import Budget, best_rate, timed_windows
-from vaelab.config import ModelConfig
+from vaelab.config import ModelConfig, check_threads
 from vaelab.core.platform import cpu_capabilities
 from vaelab.data import Batches, load_dataset
-from vaelab.errors import VaelabError
 from vaelab.model import build_vae, make_objective
 from vaelab.train.step import TrainStep
 
@@ -292,8 +291,7 @@ def run(
     """Measure everything the table shows, within ``plan``'s budget (FULL, or QUICK with ``quick``),
     on ``threads`` torch threads (0: torch's default); one progress line per measurement on
     ``progress`` (stderr). ``memory`` and ``compile`` override the plan's choice."""
-    if threads < 0:
-        raise VaelabError(f"--threads must be 0 (torch's default) or a number of threads, not {threads}")
+    check_threads("--threads", threads)  # before any work; torch crashes on 100,000
     plan = plan or (QUICK if quick else FULL)
     memory = plan.memory if memory is None else memory
     compile = plan.compile if compile is None else compile

@@ -324,7 +324,7 @@ def evaluate(
     no_write: Annotated[
         bool, typer.Option("--no-write", help="Do not append to the run's metrics.jsonl and report.md.")
     ] = False,
-    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0 = torch's default).")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch threads (0 = torch's default).")] = 0,
 ) -> None:
     """Test-set bound (-ELBO, reconstruction, KL, KL per dimension), active units, posterior collapse, kNN and
     logistic-regression probes, silhouette, Fréchet distance of prior samples; with --nll the IWAE-k NLL.
@@ -336,12 +336,14 @@ def evaluate(
     """
     import torch
 
+    from vaelab.config import check_threads
     from vaelab.eval import estimate_log_likelihood, evaluation_seed
     from vaelab.eval.summary import analysis_record, evaluate_model, write_evaluation_section
     from vaelab.model import load_model
     from vaelab.runs import RunDir
     from vaelab.train import make_batches
 
+    check_threads("--threads", threads)
     if threads:
         torch.set_num_threads(threads)
     folder = _model_dir(run_dir, pretrained)

@@ -1,0 +1,71 @@
+"""Bad input from the second campaign: each case ends in one ``error:`` line and exit 2 (or the
+convention of its signal), never a crash, a traceback or a half-made run.
+
+The command-line cases that need a process of their own (a crash would take pytest with it, a signal,
+a file-size limit, a closed pipe) start together, once, as in tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import _check_user_error
+from tests.test_rundir import _vaelab
+from vaelab.config import MAX_HIDDEN_LAYERS, MAX_THREADS, RunConfig, apply_overrides
+from vaelab.errors import VaelabError
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory, cli_env) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    tmp = tmp_path_factory.mktemp("hardening-cli")
+    cases = {
+        "eval-threads": _vaelab("eval", "--pretrained", "seed-2d", "--threads", "100000"),  # was SIGSEGV
+        "eval-threads-2**70": _vaelab("eval", "--pretrained", "seed-2d", "--threads", str(2**70)),  # was a traceback
+        "eval-threads-negative": _vaelab("eval", "--pretrained", "seed-2d", "--threads", "-1"),
+        "bench-threads": _vaelab("bench", "--quick", "--threads", "100000"),
+    }
+    procs = {
+        name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp)
+        for name, args in cases.items()
+    }
+    done = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
+    return tmp, done
+
+
+# --- 1. --threads: one bound everywhere ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["eval-threads", "eval-threads-2**70", "eval-threads-negative", "bench-threads"])
+def test_threads_beyond_the_bound_are_one_line(cli, name):
+    _check_user_error(cli[1][name], "--threads", f"a number of threads up to {MAX_THREADS}, not")
+
+
+def test_the_config_uses_the_same_thread_bound():
+    apply_overrides(RunConfig(), [f"train.threads={MAX_THREADS}"])
+    with pytest.raises(VaelabError, match=f"train.threads must be .* up to {MAX_THREADS}, not {MAX_THREADS + 1}"):
+        apply_overrides(RunConfig(), [f"train.threads={MAX_THREADS + 1}"])
+
+
+# --- 3. model.hidden has a bounded number of layers -----------------------------------------------
+
+
+def test_the_number_of_hidden_layers_is_bounded():
+    apply_overrides(RunConfig(), [f"model.hidden={[4] * MAX_HIDDEN_LAYERS}"])
+    with pytest.raises(VaelabError, match=f"model.hidden lists 30000 layers.*at most {MAX_HIDDEN_LAYERS}"):
+        apply_overrides(RunConfig(), [f"model.hidden={[4] * 30_000}"])
+
+
+# --- 9. objective.gradient = dreg only for the IWAE bound ------------------------------------------
+
+
+def test_dreg_is_refused_for_a_bound_other_than_iwae():
+    with pytest.raises(VaelabError, match="objective.gradient = dreg .* objective.name = elbo"):
+        apply_overrides(RunConfig(), ["objective.gradient=dreg"])
+    config = apply_overrides(RunConfig(), ["objective.gradient=dreg", "objective.name=iwae", "objective.k=2"])
+    assert config.objective.gradient == "dreg"
