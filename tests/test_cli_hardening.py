@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import _check_user_error
+from tests.test_cli import _check_user_error, _main
 from tests.test_rundir import _vaelab
 from vaelab.config import MAX_HIDDEN_LAYERS, MAX_THREADS, RunConfig, apply_overrides
 from vaelab.errors import VaelabError
@@ -50,6 +50,20 @@ def test_the_config_uses_the_same_thread_bound():
     apply_overrides(RunConfig(), [f"train.threads={MAX_THREADS}"])
     with pytest.raises(VaelabError, match=f"train.threads must be .* up to {MAX_THREADS}, not {MAX_THREADS + 1}"):
         apply_overrides(RunConfig(), [f"train.threads={MAX_THREADS + 1}"])
+
+
+# --- 2. --pretrained takes a name, never a path -----------------------------------------------------
+
+
+def test_pretrained_refuses_paths(monkeypatch, capsys):
+    import vaelab.pretrained
+
+    shipped = vaelab.pretrained.path("seed-2d")
+    for name in (str(shipped), str(shipped.resolve()), "../pretrained/seed-2d", "./seed-2d", "", "."):
+        with pytest.raises(VaelabError, match="available: .*seed-2d"):
+            vaelab.pretrained.path(name)
+    result = _main(monkeypatch, capsys, "sample", "--pretrained", str(shipped), "-n", "1", "--out", "/dev/null")
+    _check_user_error(result, "no pretrained model named", "available:", "burda-iwae")
 
 
 # --- 3. model.hidden has a bounded number of layers -----------------------------------------------

@@ -23,12 +23,11 @@ def available() -> list[str]:
 
 
 def path(name: str) -> Path:
-    """The folder holding a pretrained model's files."""
-    folder = directory() / name
-    if not (folder / "model.safetensors").is_file():
-        names = ", ".join(available()) or "none are installed"
-        raise VaelabError(f"no pretrained model named {name!r}; available: {names}")
-    return folder
+    """The folder holding a pretrained model's files; ``name`` is one of :func:`available`, never a path."""
+    names = available()
+    if name not in names:  # a path (absolute, ../) would reach a folder outside the package
+        raise VaelabError(f"no pretrained model named {name!r}; available: {', '.join(names) or 'none are installed'}")
+    return directory() / name
 
 
 def load(name: str) -> VAE:
