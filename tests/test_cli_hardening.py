@@ -10,10 +10,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_cli import _check_user_error, _main
-from tests.test_rundir import _vaelab
+from tests.test_rundir import TINY_TRAIN, _vaelab
 from vaelab.config import MAX_HIDDEN_LAYERS, MAX_THREADS, RunConfig, apply_overrides
 from vaelab.errors import VaelabError
 
@@ -73,6 +74,30 @@ def test_the_number_of_hidden_layers_is_bounded():
     apply_overrides(RunConfig(), [f"model.hidden={[4] * MAX_HIDDEN_LAYERS}"])
     with pytest.raises(VaelabError, match=f"model.hidden lists 30000 layers.*at most {MAX_HIDDEN_LAYERS}"):
         apply_overrides(RunConfig(), [f"model.hidden={[4] * 30_000}"])
+
+
+# --- 4. only grey or RGB images ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (8, 8, 2), (4, 8, 8)])
+def test_images_of_other_channel_counts_are_refused_on_loading(tmp_path, monkeypatch, capsys, shape):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "two-channels.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, *shape), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 20),
+        x_test=rng.integers(0, 256, (6, *shape), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 6),
+    )
+    from vaelab.data import load_dataset
+
+    with pytest.raises(VaelabError, match=r"two-channels\.npz.* channels \(shape .*1 \(grey\) or 3 \(RGB\)"):
+        load_dataset(str(path))
+    out = tmp_path / "run"
+    result = _main(monkeypatch, capsys, "train", "--dataset", str(path), "--out", str(out), *TINY_TRAIN)
+    _check_user_error(result, "two-channels.npz", "channels")
+    assert not out.exists()
 
 
 # --- 9. objective.gradient = dreg only for the IWAE bound ------------------------------------------

@@ -106,6 +106,11 @@ class ImageDataset:
                 raise VaelabError(f"{where}: the {split} split has no images")
             if 0 in x.shape[1:]:
                 raise VaelabError(f"{where}: the {split} images have an empty dimension: {tuple(x.shape)}")
+            if x.shape[1] not in (1, 3):  # the figures draw grey or RGB images only
+                raise VaelabError(
+                    f"{where}: the {split} images have {x.shape[1]} channels (shape N x C x H x W = "
+                    f"{tuple(x.shape)}); vaelab takes 1 (grey) or 3 (RGB) channels"
+                )
             if y.dim() != 1 or len(y) != len(x):
                 raise VaelabError(f"{where}: {len(x)} {split} images but {tuple(y.shape)} labels; they must match")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
