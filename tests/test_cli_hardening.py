@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from tests.test_cli import _check_user_error, _main
-from tests.test_rundir import TINY_TRAIN, _vaelab
+from tests.test_rundir import TINY_TRAIN, _copy_run, _limited, _vaelab
 from vaelab.config import MAX_HIDDEN_LAYERS, MAX_THREADS, RunConfig, apply_overrides
 from vaelab.errors import VaelabError
+from vaelab.runs import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def cli(tmp_path_factory, cli_env) -> tuple[Path, dict[str, subprocess.Completed
         "eval-threads-2**70": _vaelab("eval", "--pretrained", "seed-2d", "--threads", str(2**70)),  # was a traceback
         "eval-threads-negative": _vaelab("eval", "--pretrained", "seed-2d", "--threads", "-1"),
         "bench-threads": _vaelab("bench", "--quick", "--threads", "100000"),
+        "file-size-0": _limited(0, "train", "--out", str(tmp / "no-room" / "run"), *TINY_TRAIN),
     }
     procs = {
         name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp)
@@ -98,6 +100,38 @@ def test_images_of_other_channel_counts_are_refused_on_loading(tmp_path, monkeyp
     result = _main(monkeypatch, capsys, "train", "--dataset", str(path), "--out", str(out), *TINY_TRAIN)
     _check_user_error(result, "two-channels.npz", "channels")
     assert not out.exists()
+
+
+# --- 5. a file-size limit of 0 ---------------------------------------------------------------------
+
+
+def test_a_file_size_limit_of_zero_is_one_line_and_leaves_no_folder(cli):
+    tmp, done = cli
+    _check_user_error(done["file-size-0"], "file too large")
+    assert not (tmp / "no-room").exists(), sorted(p.name for p in (tmp / "no-room").rglob("*"))
+
+
+# --- 8. eval and a malformed metrics.jsonl -------------------------------------------------------
+
+
+def test_eval_refuses_a_malformed_metrics_log_before_writing(trained_run, tmp_path, monkeypatch, capsys):
+    run = _copy_run(trained_run, tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join([lines[0], "{not json\n", *lines[1:]]))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    result = _main(monkeypatch, capsys, "eval", str(run), "--fd-samples", "100")
+    _check_user_error(result, "metrics.jsonl line 2", "not JSON")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+def test_appending_to_a_malformed_metrics_log_is_refused(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.writing(create=True):
+        run.metrics.write_text('{"epoch": 1, "split": "train"}\n[1, 2]\n')
+        with pytest.raises(VaelabError, match="metrics.jsonl line 2 is not a metrics record"):
+            run.append({"epoch": 2, "split": "train"})
+        assert run.metrics.read_text() == '{"epoch": 1, "split": "train"}\n[1, 2]\n'
 
 
 # --- 9. objective.gradient = dreg only for the IWAE bound ------------------------------------------

@@ -351,6 +351,8 @@ def evaluate(
     written = pretrained is None and not no_write and not limit
     # a writing eval holds the run's lock before it reads the model: a resume extending the run refuses it
     with run.writing() if written and run.model_json.is_file() else nullcontext():
+        if written:
+            run.records()  # a metrics.jsonl it cannot append to is refused now, not after the evaluation
         model, config, meta = load_model(folder)
         if limit:
             config.data.test_limit = limit  # the first N images, binarised exactly as in the full test set

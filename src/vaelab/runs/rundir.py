@@ -15,7 +15,7 @@ Taking the lock removes the temporary files (``.*.tmp``) a killed writer left be
 :func:`vaelab.io.atomic_write`, so a reader sees the log before a record or after it, never half of one
 (a log has a few hundred lines; rewriting them costs nothing next to an epoch). A last line without its
 newline, which versions that appended in place could leave after a kill, is skipped; any other line
-that is not a record is an error naming the line.
+that is not a record is an error naming the line, for a writer (which appends nothing then) as for a reader.
 
 Links: a writer refuses a run whose own files or folders are symbolic links (a ``metrics.jsonl`` linked
 to elsewhere would otherwise be written there); a reader refuses a run file that resolves outside the run.
@@ -141,9 +141,14 @@ class RunDir:
     # --- writing ---------------------------------------------------------------------------------
 
     def append(self, *records: dict[str, Any]) -> None:
-        """Add records at the end of ``metrics.jsonl`` (the writer's: hold :meth:`writing`)."""
+        """Add records at the end of ``metrics.jsonl`` (the writer's: hold :meth:`writing`).
+
+        A line already there that is not a record is refused, as :meth:`records` refuses it, before anything
+        is written: appending would hand the next reader the same broken file.
+        """
         self._require_writer()
         text = self._metrics_text()
+        parse_records(text, self.metrics)
         atomic_write_text(self.metrics, text + "".join(json.dumps(r) + "\n" for r in records))
 
     def keep_records(self, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -232,6 +237,8 @@ class RunDir:
                 atomic_write_json(path / HOLDER, _holder_record())
                 remove_stale_temp_files(path)
             except BaseException:
+                if created is not None:  # a folder we made and hold: its lock file goes too, so it can be removed
+                    (path / LOCK).unlink(missing_ok=True)
                 lock.release()
                 raise
         except BaseException:
