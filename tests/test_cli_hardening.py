@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_config
 from tests.test_cli import _check_user_error, _main
 from tests.test_rundir import TINY_TRAIN, _copy_run, _limited, _vaelab
 from vaelab.config import MAX_HIDDEN_LAYERS, MAX_THREADS, RunConfig, apply_overrides
@@ -109,6 +110,22 @@ def test_a_file_size_limit_of_zero_is_one_line_and_leaves_no_folder(cli):
     tmp, done = cli
     _check_user_error(done["file-size-0"], "file too large")
     assert not (tmp / "no-room").exists(), sorted(p.name for p in (tmp / "no-room").rglob("*"))
+
+
+# --- 7. a huge beta ends in the divergence message ------------------------------------------------
+
+
+def test_a_huge_beta_ends_in_the_divergence_message_naming_beta(tmp_path):
+    from vaelab.train import Trainer
+
+    run_dir = tmp_path / "run"
+    # the KL term's gradient, squared in Adam's second moment, overflows while the weights stay finite
+    trainer = Trainer(tiny_config("train.epochs=1", "objective.beta=1e30"), run_dir, figures=False)
+    with pytest.raises(VaelabError, match="training diverged in epoch 1") as caught:
+        trainer.fit(progress=False)
+    message = str(caught.value)
+    assert "objective.beta = 1e+30" in message and "refusing to save" not in message
+    assert not run_dir.exists()
 
 
 # --- 8. eval and a malformed metrics.jsonl -------------------------------------------------------

@@ -1,8 +1,9 @@
 """Never a NaN model: the check a run passes before it writes anything, and what it says when it fails.
 
-A run diverges when its weights or its numbers stop being finite. That can happen in the last step
-of an epoch (the loss of that step was still finite) or show only on held-out images, so the trainer
-checks the weights and the validation and test numbers before it logs, checkpoints or saves them.
+A run diverges when its weights, its optimiser's state or its numbers stop being finite. That can
+happen in the last step of an epoch (the loss of that step was still finite), show only on held-out
+images, or only in Adam's moments (gradients beyond float32, as a huge ``objective.beta`` makes them,
+while the weights stay finite), so the trainer checks all of them before it logs, checkpoints or saves.
 The error names the epoch and the settings of the run's config that most often cause it.
 """
 
@@ -27,6 +28,20 @@ def non_finite_weights(module: torch.nn.Module) -> list[str]:
     ]
 
 
+def non_finite_state(optimizer: torch.optim.Optimizer | None) -> list[str]:
+    """Names (``exp_avg_sq``...) of the optimiser's per-parameter state tensors holding NaN or inf."""
+    if optimizer is None:
+        return []
+    return sorted(
+        {
+            name
+            for state in optimizer.state.values()
+            for name, value in state.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
+        }
+    )
+
+
 def non_finite_numbers(record: dict[str, Any]) -> list[str]:
     """Keys of ``record`` whose number, or one of whose list of numbers, is NaN or inf."""
 
@@ -47,7 +62,7 @@ def likely_causes(config: RunConfig) -> list[str]:
     if train.lr > 3e-3:
         causes.append(f"train.lr = {train.lr:g} is high for Adam (VAEs train at 1e-4 to 1e-3)")
     if beta > 10:
-        causes.append(f"objective.beta = {beta:g} is large")
+        causes.append(f"objective.beta = {beta:g} is large (1 is the ELBO; beta-VAEs use up to about 10-100)")
     if model.likelihood == "gaussian" and model.likelihood_scale < 0.01:
         causes.append(
             f"model.likelihood_scale = {model.likelihood_scale:g} is small for the gaussian likelihood "
@@ -64,8 +79,10 @@ def stop_if_diverged(
     modules: Iterable[torch.nn.Module | None] = (),
     records: Iterable[dict[str, Any]] = (),
     kept: str = "",
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
-    """Raise the run's divergence error if a weight of ``modules`` or a number of ``records`` is not finite.
+    """Raise the run's divergence error if a weight of ``modules``, a tensor of ``optimizer``'s state or a
+    number of ``records`` is not finite.
 
     ``records`` are metrics records, each with its ``split``; ``kept`` says what of the run survives.
     """
@@ -74,6 +91,9 @@ def stop_if_diverged(
         names = non_finite_weights(module) if module is not None else []
         if names:
             found.append(f"NaN or inf in the weights ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    state = non_finite_state(optimizer)
+    if state:
+        found.append(f"NaN or inf in the optimiser's {', '.join(state)} (gradients beyond float32's range)")
     for record in records:
         keys = non_finite_numbers(record)
         if keys:
@@ -85,4 +105,4 @@ def stop_if_diverged(
         )
 
 
-__all__ = ["likely_causes", "non_finite_numbers", "non_finite_weights", "stop_if_diverged"]
+__all__ = ["likely_causes", "non_finite_numbers", "non_finite_state", "non_finite_weights", "stop_if_diverged"]

@@ -248,9 +248,7 @@ class Trainer:
             if progress is not None and (step % 25 == 0 or step == steps - 1):
                 loss = sums[0].item() / count
                 if not math.isfinite(loss):
-                    raise VaelabError(
-                        f"training diverged (loss {loss}) in epoch {self.epoch + 1}; lower train.lr or check the data"
-                    )
+                    self._stop_if_diverged([{"split": "train", "total": loss}], epoch=self.epoch + 1)
                 progress.update(task, completed=step + 1, loss=f"{loss:8.2f}")
             if self._mid_epoch_checkpoint_due(last_checkpoint) and step < steps - 1:
                 self._save_mid_epoch(step + 1, sums, count, epoch_data_state)
@@ -261,7 +259,7 @@ class Trainer:
         total, reconstruction, kl = (sums / count).tolist()  # syncs the device before the clock stops
         seconds = time.perf_counter() - start
         if not math.isfinite(total):
-            raise VaelabError(f"training diverged (loss {total}) in epoch {self.epoch + 1}; lower train.lr")
+            self._stop_if_diverged([{"split": "train", "total": total}], epoch=self.epoch + 1)
         return {
             "total": total,
             "reconstruction": reconstruction,
@@ -281,6 +279,7 @@ class Trainer:
         sums_list = sums.tolist()
         if not all(math.isfinite(v) for v in sums_list):
             return  # never checkpoint a diverged state; the end of the epoch reports it
+        self._stop_if_diverged([], epoch=self.epoch + 1)  # finite loss, but the weights or Adam's state may not be
         save_checkpoint(
             self.run_dir / CHECKPOINT,
             self.model,
@@ -421,8 +420,9 @@ class Trainer:
             line += f"  [{train_metrics['seconds']:.1f} s, {train_metrics['images_per_second']:.0f} img/s]"
             self.console.print(line)
 
-    def _stop_if_diverged(self, records: list[dict[str, Any]], kept: str = "") -> None:
-        """Before anything of this epoch is written: finite weights and finite numbers, or one clear error."""
+    def _stop_if_diverged(self, records: list[dict[str, Any]], kept: str = "", epoch: int | None = None) -> None:
+        """Before anything of this epoch is written: finite weights, optimiser state and numbers, or one
+        clear error. ``epoch``: the one diverging (default: the last completed)."""
         checkpoint = self.run_dir / CHECKPOINT
         kept = kept or (
             f"The last good checkpoint is kept: change {self.run_dir / 'config.toml'} and run "
@@ -430,7 +430,14 @@ class Trainer:
             if checkpoint.exists()
             else "Nothing was saved: start again with that changed."
         )
-        stop_if_diverged(self.config, self.epoch, [self.model, self.averaged], records, kept)
+        stop_if_diverged(
+            self.config,
+            self.epoch if epoch is None else epoch,
+            [self.model, self.averaged],
+            records,
+            kept,
+            optimizer=self.optimizer,
+        )
 
     def finish(self) -> dict[str, Any]:
         """Rank 0: the test metrics, the saved model, figures and report. Other ranks: {}."""
