@@ -7,7 +7,10 @@ a file-size limit, a closed pipe) start together, once, as in tests/test_cli.py.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,17 @@ from vaelab.errors import VaelabError
 from vaelab.runs import RunDir
 
 
+def _closed_stdout(*args: str) -> list[str]:
+    """``vaelab ARGS`` writing into a pipe nobody reads any more (``vaelab ARGS | head -0``)."""
+    code = (
+        "import os, subprocess, sys\n"
+        "read, write = os.pipe()\n"
+        "os.close(read)\n"
+        f"sys.exit(subprocess.run([sys.executable, '-m', 'vaelab', *{list(args)!r}], stdout=write).returncode)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory, cli_env) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
     tmp = tmp_path_factory.mktemp("hardening-cli")
@@ -30,6 +44,10 @@ def cli(tmp_path_factory, cli_env) -> tuple[Path, dict[str, subprocess.Completed
         "eval-threads-negative": _vaelab("eval", "--pretrained", "seed-2d", "--threads", "-1"),
         "bench-threads": _vaelab("bench", "--quick", "--threads", "100000"),
         "file-size-0": _limited(0, "train", "--out", str(tmp / "no-room" / "run"), *TINY_TRAIN),
+        "bare": _vaelab(),
+        "pipe-list": _closed_stdout("list"),
+        "pipe-list-json": _closed_stdout("list", "--json"),
+        "pipe-version": _closed_stdout("--version"),
     }
     procs = {
         name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp)
@@ -112,6 +130,24 @@ def test_a_file_size_limit_of_zero_is_one_line_and_leaves_no_folder(cli):
     assert not (tmp / "no-room").exists(), sorted(p.name for p in (tmp / "no-room").rglob("*"))
 
 
+# --- 6. bare `vaelab`, and a reader that goes away --------------------------------------------------
+
+
+def test_bare_vaelab_prints_the_help_and_exits_0(cli):
+    result = cli[1]["bare"]
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr
+    for command in ("train", "eval", "list"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("name", ["pipe-list", "pipe-list-json", "pipe-version"])
+def test_a_closed_stdout_ends_quietly_with_141(cli, name):
+    result = cli[1][name]
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
 # --- 7. a huge beta ends in the divergence message ------------------------------------------------
 
 
@@ -159,3 +195,50 @@ def test_dreg_is_refused_for_a_bound_other_than_iwae():
         apply_overrides(RunConfig(), ["objective.gradient=dreg"])
     config = apply_overrides(RunConfig(), ["objective.gradient=dreg", "objective.name=iwae", "objective.k=2"])
     assert config.objective.gradient == "dreg"
+
+
+# --- 10. SIGTERM unwinds like Ctrl-C -------------------------------------------------------------
+
+
+def _terminate_when(proc: subprocess.Popen, ready, timeout: float = 120) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the process never got ready"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _train(run: Path, cli_env) -> subprocess.Popen:
+    args = ["train", "--out", run, "--epochs", "200", *TINY_TRAIN, "--set", "data.validation_size=0"]
+    return subprocess.Popen(
+        [str(a) for a in _vaelab(*args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, text=True
+    )
+
+
+def test_sigterm_in_training_says_how_to_resume_and_exits_143(tmp_path, cli_env):
+    run = tmp_path / "run"
+    code, err = _terminate_when(_train(run, cli_env), lambda: (run / "checkpoint" / "last.safetensors").exists())
+    assert code == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM); resume with `vaelab train --resume {run}`"
+    assert not (run / "model.json").exists(), "the run finished before the signal: nothing was tested"
+    assert not (run / ".lock.json").exists()  # the lock was let go as on Ctrl-C
+    assert RunDir(run).records()  # the log it leaves reads back
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_no_folder(tmp_path, cli_env):
+    run = tmp_path / "run"
+    code, err = _terminate_when(_train(run, cli_env), lambda: (run / ".lock.json").exists())
+    assert code == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM) before the run's first checkpoint")
+    assert not run.exists()
+
+
+def test_a_sigterm_handler_is_not_left_behind_in_process(monkeypatch, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    _main(monkeypatch, capsys, "--version")
+    assert signal.getsignal(signal.SIGTERM) == before

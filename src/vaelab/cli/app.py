@@ -18,7 +18,6 @@ from vaelab.errors import VaelabError
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Train, evaluate, visualise and ship variational autoencoders.",
@@ -34,13 +33,21 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Train, evaluate, visualise and ship variational autoencoders."""
+    if ctx.invoked_subcommand is None:  # bare `vaelab`: the help, as `vaelab --help` gives it (exit 0)
+        text = ctx.get_help()  # typer's rich help prints itself and returns ""
+        if text:
+            print(text)
+        raise typer.Exit()
+
+
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
