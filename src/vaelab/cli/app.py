@@ -519,18 +519,36 @@ def bench(
     models: Annotated[
         list[str] | None, typer.Option("--pretrained", help="With --latency: shipped models (default: seed-2d).")
     ] = None,
+    families: Annotated[
+        bool,
+        typer.Option(
+            "--families",
+            help="Instead: every posterior, prior and likelihood family beside a plain PyTorch loop of the same model.",
+        ),
+    ] = False,
 ) -> None:
     """Measure training/sampling/NLL throughput, as images/s and as a fraction of the matmul peak.
 
     At most about 3 minutes on any CPU (--quick: 1 minute); progress goes to stderr, one line per measurement.
     What the CPU cannot do natively (bf16 without hardware support) or what would not fit in the time is
     skipped, and the table says why."""
+    if latency and families:
+        raise VaelabError("--latency and --families are two different benches; give one")
     if latency:
         from vaelab.cli.ship import bench_latency
 
         return bench_latency(models, quick, as_json)
     if models:
         raise VaelabError("--pretrained goes with --latency")
+    if families:
+        from vaelab.bench import families as family_bench
+
+        results = family_bench.run(quick=quick, threads=threads)
+        if as_json:
+            print(family_bench.to_json(results))
+        else:
+            console.print(family_bench.markdown(results))
+        return
     from vaelab.bench import suite
 
     results = suite.run(quick=quick, memory=memory, compile=compile, threads=threads)

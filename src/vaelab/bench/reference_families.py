@@ -1,0 +1,262 @@
+"""Plain PyTorch versions of vaelab's VAE families, the baseline ``vaelab bench --families`` times them against.
+
+What a competent user writes from the papers with ``torch.distributions`` and nothing of vaelab's:
+Burda et al.'s MLP (784-200-200-50 tanh) as ``nn.Sequential``, the distributions with their default
+argument checks, ``torch.optim.Adam``, ``loss.item()`` each step, the data from the tutorial
+``DataLoader`` of ``reference.py``. Each family changes one piece of the baseline (diagonal Gaussian
+posterior, N(0, I) prior, Bernoulli likelihood) and has vaelab's parameter count, so a step costs the
+same FLOPs on both sides. ``loss(x)`` is the per-image negative ELBO in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import (
+    Categorical,
+    ContinuousBernoulli,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
+from torch.utils.data import DataLoader
+
+from vaelab.bench.reference import MNISTDataset
+
+PIXELS, HIDDEN, D = 784, [200, 200], 50
+MIN_SCALE = 1e-3  # the learned Gaussians' floor on the scale, the same as vaelab's, so the losses compare
+
+
+def mlp(widths: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers += [nn.Linear(a, b), nn.Tanh()] if i < len(widths) - 2 else [nn.Linear(a, b)]
+    return layers
+
+
+class PlainVAE(nn.Module):
+    """The baseline: q(z|x) = N(mu, diag sigma^2) from mu and log sigma^2, p(z) = N(0, I), Bernoulli p(x|z)."""
+
+    binarize = True  # dynamically binarised MNIST (Burda et al.); the continuous likelihoods take grey levels
+
+    def __init__(self, encoder_out: int = 2 * D, decoder_out: int = PIXELS) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), *mlp([PIXELS, *HIDDEN, encoder_out]))
+        self.decoder = nn.Sequential(*mlp([D, *reversed(HIDDEN), decoder_out]))
+
+    def posterior(self, h: torch.Tensor) -> Normal:
+        mu, log_var = h.chunk(2, dim=-1)
+        return Normal(mu, torch.exp(0.5 * log_var))
+
+    def latent(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, KL per image) from the encoder's output."""
+        q = self.posterior(h)
+        return q.rsample(), kl_divergence(q, Normal(0.0, 1.0)).sum(-1)
+
+    def reconstruction(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        z, kl = self.latent(self.encoder(x))
+        return self.reconstruction(self.decoder(z), x.flatten(1)) + kl
+
+
+class FullCovariance(PlainVAE):
+    """q(z|x) = N(mu, L L^T): the encoder gives mu, log diag(L) and L's strictly lower triangle."""
+
+    def __init__(self) -> None:
+        super().__init__(encoder_out=D + D * (D + 1) // 2)
+        self.rows, self.cols = torch.tril_indices(D, D, offset=-1)
+
+    def latent(self, h):
+        mu, log_diag, lower = h.split([D, D, D * (D - 1) // 2], dim=-1)
+        L = torch.zeros(len(h), D, D)
+        L[:, self.rows, self.cols] = lower
+        L = L + torch.diag_embed(log_diag.exp())
+        q = MultivariateNormal(mu, scale_tril=L)
+        p = MultivariateNormal(torch.zeros(D), scale_tril=torch.eye(D))
+        return q.rsample(), kl_divergence(q, p)
+
+
+class MADE(nn.Module):
+    """Germain et al.'s masked autoencoder, two ELU layers, the context h added unmasked to the first:
+    outputs (m, s) for input i see only the inputs before i in ``order``."""
+
+    def __init__(self, order: torch.Tensor, hidden: int) -> None:
+        super().__init__()
+        degree = torch.arange(hidden) % (D - 1) + 1
+        self.register_buffer("mask_in", (degree[:, None] >= order[None, :]).float())
+        self.register_buffer("mask_hidden", (degree[:, None] >= degree[None, :]).float())
+        self.register_buffer("mask_out", (torch.cat([order, order])[:, None] > degree[None, :]).float())
+        self.fc_in, self.fc_context = nn.Linear(D, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.fc_hidden, self.fc_out = nn.Linear(hidden, hidden), nn.Linear(hidden, 2 * D)
+        with torch.no_grad():
+            self.fc_out.bias[D:] = 2.0  # Kingma et al.: each step starts near the identity
+
+    def forward(self, z, h):
+        a = F.elu(F.linear(z, self.fc_in.weight * self.mask_in, self.fc_in.bias) + self.fc_context(h))
+        a = F.elu(F.linear(a, self.fc_hidden.weight * self.mask_hidden, self.fc_hidden.bias))
+        return F.linear(a, self.fc_out.weight * self.mask_out, self.fc_out.bias).chunk(2, dim=-1)
+
+
+class IAF(PlainVAE):
+    """Kingma et al. (2016): N(mu, diag sigma^2) then 2 steps z = sigmoid(s) z + (1 - sigmoid(s)) m,
+    orderings reversed between steps; the KL is log q(z) - log p(z) at the sample."""
+
+    def __init__(self, steps: int = 2, hidden: int = max(64, 4 * D)) -> None:
+        super().__init__(encoder_out=2 * D + hidden)
+        self.hidden = hidden
+        order = torch.arange(1, D + 1)
+        self.flow = nn.ModuleList(MADE(order if t % 2 == 0 else order.flip(0), hidden) for t in range(steps))
+
+    def latent(self, h):
+        mu, log_var, context = h.split([D, D, self.hidden], dim=-1)
+        q0 = Normal(mu, torch.exp(0.5 * log_var))
+        z = q0.rsample()
+        log_q = q0.log_prob(z).sum(-1)
+        for made in self.flow:
+            m, s = made(z, context)
+            gate = torch.sigmoid(s)
+            z = gate * z + (1 - gate) * m
+            log_q = log_q - F.logsigmoid(s).sum(-1)
+        return z, log_q - Normal(0.0, 1.0).log_prob(z).sum(-1)
+
+
+class MixturePrior(PlainVAE):
+    """p(z) = sum_k pi_k N(m_k, diag s_k^2), 10 components, all learned; the KL by one sample."""
+
+    def __init__(self, components: int = 10) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(components))
+        self.means = nn.Parameter(torch.randn(components, D))
+        self.log_scales = nn.Parameter(torch.zeros(components, D))
+
+    def latent(self, h):
+        q = self.posterior(h)
+        z = q.rsample()
+        prior = MixtureSameFamily(
+            Categorical(logits=self.logits), Independent(Normal(self.means, self.log_scales.exp()), 1)
+        )
+        return z, q.log_prob(z).sum(-1) - prior.log_prob(z)
+
+
+class VampPrior(PlainVAE):
+    """Tomczak & Welling (2018): p(z) = 1/K sum_k q(z | u_k), K learned pseudo-inputs u = sigmoid(w) run
+    through the encoder every step; the KL by one sample."""
+
+    def __init__(self, components: int = 100) -> None:
+        super().__init__()
+        self.pseudo_logits = nn.Parameter(torch.logit(torch.rand(components, 1, 28, 28).clamp(1e-6, 1 - 1e-6)))
+
+    def latent(self, h):
+        q = self.posterior(h)
+        z = q.rsample()
+        components = Independent(self.posterior(self.encoder(torch.sigmoid(self.pseudo_logits))), 1)
+        prior = MixtureSameFamily(Categorical(logits=torch.zeros(len(self.pseudo_logits))), components)
+        return z, q.log_prob(z).sum(-1) - prior.log_prob(z)
+
+
+class LearnablePrior(PlainVAE):
+    """p(z) = N(m, diag s^2), m and log s learned; the KL in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prior_loc, self.prior_log_scale = nn.Parameter(torch.zeros(D)), nn.Parameter(torch.zeros(D))
+
+    def latent(self, h):
+        q = self.posterior(h)
+        return q.rsample(), kl_divergence(q, Normal(self.prior_loc, self.prior_log_scale.exp())).sum(-1)
+
+
+class ContinuousBernoulliLikelihood(PlainVAE):
+    """Loaiza-Ganem & Cunningham (2019) on grey levels: torch's ContinuousBernoulli from the logits."""
+
+    binarize = False
+
+    def reconstruction(self, out, x):
+        return -ContinuousBernoulli(logits=out).log_prob(x).sum(-1)
+
+
+class LearnedScaleGaussian(PlainVAE):
+    """N(mu(z), diag sigma^2) on grey levels, one learned log-scale per pixel (starting at sigma = 0.1)."""
+
+    binarize = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.full((PIXELS,), math.log(0.1 - MIN_SCALE)))
+
+    def reconstruction(self, out, x):
+        return -Normal(out, MIN_SCALE + self.log_scale.exp()).log_prob(x).sum(-1)
+
+
+class DecodedGaussian(PlainVAE):
+    """Kingma & Welling's Gaussian decoder on grey levels: two output maps, the mean and log sigma^2."""
+
+    binarize = False
+
+    def __init__(self) -> None:
+        super().__init__(decoder_out=2 * PIXELS)
+
+    def reconstruction(self, out, x):
+        mean, log_var = out.chunk(2, dim=-1)
+        return -Normal(mean, MIN_SCALE + torch.exp(0.5 * log_var)).log_prob(x).sum(-1)
+
+
+class LogisticMixture(PlainVAE):
+    """Salimans et al. (2017), PixelCNN++'s discretised logistic mixture of 5 components per pixel,
+    written on [0, 1] for 8-bit levels x = l / 255 (bins 1/255 wide): the decoder gives the mixture
+    logits, the locations and the log-scales."""
+
+    binarize = False
+
+    def __init__(self, components: int = 5) -> None:
+        super().__init__(decoder_out=3 * components * PIXELS)
+        self.components = components
+
+    def reconstruction(self, out, x):
+        logit_probs, means, log_scales = out.view(len(x), 3, self.components, PIXELS).unbind(1)
+        log_scales = log_scales.clamp(min=-7.0)
+        x = x.unsqueeze(1)
+        centered, inv_s = x - means, torch.exp(-log_scales)
+        plus_in, min_in = inv_s * (centered + 0.5 / 255), inv_s * (centered - 0.5 / 255)
+        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+        log_cdf_plus = plus_in - F.softplus(plus_in)  # log P(x <= 0.5/255), for level 0
+        log_one_minus_cdf_min = -F.softplus(min_in)  # for level 255
+        mid_in = inv_s * centered
+        log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)  # where the bin's mass underflows
+        inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid - math.log(255))
+        log_probs = torch.where(x < 0.001, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, inner))
+        return -torch.logsumexp(log_probs + F.log_softmax(logit_probs, dim=1), dim=1).sum(-1)
+
+
+def training_step(model: PlainVAE, images_uint8: torch.Tensor, batch_size: int = 128) -> Callable[[], int]:
+    """One step of the plain loop per call, as ``reference.training_step``: the next batch from the
+    DataLoader (binarised afresh where the family's likelihood is a Bernoulli), Adam, ``loss.item()``."""
+    loader = DataLoader(MNISTDataset(images_uint8), batch_size=batch_size, shuffle=True, drop_last=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def batches():
+        while True:
+            yield from loader
+
+    xs = batches()
+
+    def step() -> int:
+        x = next(xs)
+        if model.binarize:
+            x = torch.bernoulli(x)
+        loss = model.loss(x).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        return len(x)
+
+    return step
