@@ -6,6 +6,7 @@ images for the encoder, codes drawn from q(z|x) of those images for the decoder.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +24,15 @@ CALIBRATION_IMAGES = 512
 CHECK_INPUTS = 64
 
 
+@functools.lru_cache(maxsize=4)
+def _first_training_images(name: str, data_dir: str, n: int) -> torch.Tensor:
+    return load_dataset(name, data_dir or None).x_train[:n].clone()  # uint8, kept: exports come in pairs
+
+
 def training_images(config: RunConfig, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """The first ``n`` training images of the model's data set, binarised as its evaluation binarises them."""
-    dataset = load_dataset(config.data.name, config.data.data_dir or None)
-    batches = Batches(dataset.x_train[:n], None, n, config.data.binarize, training=False)
+    images = _first_training_images(config.data.name, config.data.data_dir, n)
+    batches = Batches(images, None, n, config.data.binarize, training=False)
     return next(batches.epoch(shuffle=False))
 
 
