@@ -34,6 +34,7 @@ MAX_PRIOR_COMPONENTS = 10_000  # 20x the VampPrior paper's 500 pseudo-inputs
 MAX_LIKELIHOOD_COMPONENTS = 256  # more logistics than the 256 levels they describe add nothing
 MAX_FLOW_STEPS = 64  # far beyond Kingma et al.'s flows (2 to 8 steps)
 MAX_FLOW_HIDDEN = 16_384  # far beyond Kingma et al.'s MADEs (320 to 1920 units)
+MAX_CLASSES = 100_000  # a one-hot label of this size is already 100x ImageNet's 1,000 classes
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -78,6 +79,7 @@ class ModelConfig:
     flow_steps: int = 2  # iaf: inverse autoregressive flow steps
     # iaf: units per MADE hidden layer, also the encoder's context size; 0 = max(64, 4 * latent_dim)
     flow_hidden: int = 0
+    classes: int = 10  # cvae: the labels it conditions on are 0 .. classes - 1
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
@@ -104,6 +106,7 @@ class ModelConfig:
         _between("model.likelihood_components", self.likelihood_components, 1, MAX_LIKELIHOOD_COMPONENTS)
         _between("model.flow_steps", self.flow_steps, 1, MAX_FLOW_STEPS)
         _between("model.flow_hidden", self.flow_hidden, 0, MAX_FLOW_HIDDEN)
+        _between("model.classes", self.classes, 1, MAX_CLASSES)
         if self.prior_cov:
             rows = self.prior_cov
             if len(rows) != self.latent_dim or any(len(r) != self.latent_dim for r in rows):

@@ -283,10 +283,15 @@ def sample(
     n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many images.")] = 64,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Sampling seed.")] = 0,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/figures/samples-N-seedS.png).")
+        Path | None,
+        typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/figures/samples-N-seedS[-labelL].png)."),
+    ] = None,
+    label: Annotated[
+        int | None,
+        typer.Option("--label", help="Decode every draw under this label (a conditional model, e.g. cvae)."),
     ] = None,
 ) -> None:
-    """Decode N draws from the prior into a PNG grid."""
+    """Decode N draws from the prior into a PNG grid (a conditional model: the classes in turn, or --label's)."""
     import torch
 
     from vaelab.model import load_model
@@ -295,10 +300,11 @@ def sample(
 
     folder = _model_dir(run_dir, pretrained)
     model, _, _ = load_model(folder)
-    images = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    sampler = model if label is None else model.condition(label)  # refused in one line where it does not apply
+    images = sampler.sample(n, generator=torch.Generator().manual_seed(seed))
     default_dir = Path("figures") / pretrained if pretrained else folder / "figures"
     into_run = out is None and pretrained is None
-    out = out or default_dir / f"samples-{n}-seed{seed}.png"
+    out = out or default_dir / f"samples-{n}-seed{seed}{'' if label is None else f'-label{label}'}.png"
     with RunDir(folder).writing() if into_run else nullcontext():
         save_image_grid(images, out)
     console.print(str(out))

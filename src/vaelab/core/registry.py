@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "vaelab.nets",
     "vaelab.model.objectives",
     "vaelab.model.build",
+    "vaelab.model.cvae",
 )
 _loaded = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from vaelab.data.batches import Batches
+from vaelab.model.base import Context
 from vaelab.model.objectives import ELBO
 from vaelab.model.vae import VAE
 
@@ -32,8 +33,10 @@ def evaluate_elbo(model: VAE, batches: Batches, seed: int = 0) -> dict[str, floa
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for x in batches.epoch(shuffle=False):
-            terms = objective(model, x.to(device))
+        for batch in batches.batches(shuffle=False):
+            x = batch.x.to(device)
+            # the labels reach families that condition on them (cvae); the others ignore them
+            terms = objective(model, x, Context(labels=None if batch.y is None else batch.y.to(device)))
             sums += torch.stack([terms.total.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double().cpu()
             if terms.kl_per_dim is not None:
                 batch_sum = terms.kl_per_dim.sum(0).double().cpu()

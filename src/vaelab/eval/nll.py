@@ -83,6 +83,7 @@ def iwae_bound(
     seed: int = 0,
     first_index: int = 0,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The k-sample IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i | x) per image, in nats, through the
     model's own importance log-weights (the code the IWAE objective trains with).
@@ -90,7 +91,8 @@ def iwae_bound(
     Returns a float64 tensor of shape B. Image ``i`` of ``x`` draws its noise from its own stream,
     seeded by ``seed`` and ``first_index + i``, in blocks of ``NOISE_BLOCK`` samples; images are
     evaluated a few at a time (within ``max_elements`` decoder outputs) with a running log-sum-exp
-    over blocks. Uses the model as it is (put it in eval mode).
+    over blocks. Uses the model as it is (put it in eval mode). ``labels`` (one per image) reach a
+    family that conditions on them (cvae: the bound is then on log p(x | y)).
     """
     _check_counts(k)
     if not model.can("log_weights"):
@@ -100,10 +102,11 @@ def iwae_bound(
     for start in range(0, len(x), per_call):
         images = x[start : start + per_call]
         generators = image_generators(seed, first_index + start, len(images))
+        ctx = Context(generators=generators, labels=None if labels is None else labels[start : start + per_call])
         total = None
         for block_start in range(0, k, NOISE_BLOCK):
             block = min(NOISE_BLOCK, k - block_start)
-            log_w = model.log_weights(images, block, Context(generators=generators)).log_w
+            log_w = model.log_weights(images, block, ctx).log_w
             part = torch.logsumexp(log_w.double(), 0)
             total = part if total is None else torch.logaddexp(total, part)
         bounds.append(total - math.log(k))
@@ -147,6 +150,7 @@ def estimate_log_likelihood(
     _check_counts(k)
     retain_freed_memory()  # each chunk's decoder activations reuse the previous chunk's memory
     iterable = batches.epoch(shuffle=False) if isinstance(batches, Batches) else batches
+    labels = batches.labels if isinstance(batches, Batches) else None  # in the images' order
     device = _model_device(model)
     values: list[torch.Tensor] = []
     pixels = 0
@@ -157,7 +161,8 @@ def estimate_log_likelihood(
         for x in _rechunk(iterable, IMAGES_PER_PASS):
             x = x.to(device)
             pixels = x[0].numel()
-            values.append(iwae_bound(model, x, k, seed, done, max_elements).cpu())
+            y = None if labels is None else labels[done : done + len(x)].to(device)
+            values.append(iwae_bound(model, x, k, seed, done, max_elements, y).cpu())
             done += len(x)
             if progress is not None:
                 progress(done)

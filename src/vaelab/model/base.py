@@ -11,6 +11,10 @@ A latent-variable model trained by amortised variational inference offers some o
 * ``features(x) -> (mean, scale)``: the posterior's location and per-dimension scale (a feature extractor);
 * ``export_part(part) -> ExportPart``: a plain torch module of the ``encoder`` (images -> mean, scale)
   or the ``decoder`` (codes -> mean images), for ``vaelab export``.
+* ``condition(labels) -> LatentVariableModel``: a conditional family (``classes`` > 0) with its labels
+  fixed, one for all examples or one per example; its encode / decode / sample / reconstruct also take
+  ``labels=`` (``vaelab sample --label``, the class figures). Training and evaluation hand the batch's
+  labels in as ``Context.labels``.
 
 A capability a family lacks raises :class:`Unsupported` (a VaelabError naming the family and what is
 missing); callers that can skip a step ask :meth:`LatentVariableModel.can` first, and say what they skip.
@@ -132,6 +136,7 @@ class LatentVariableModel(nn.Module):
     family = "model"
     image_shape: tuple[int, int, int]
     latent_dim: int
+    classes: int = 0  # a conditional family: the labels it takes are 0 .. classes - 1
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,6 +176,9 @@ class LatentVariableModel(nn.Module):
 
     def export_part(self, part: str) -> ExportPart:
         raise self._unsupported(f"exportable {part} (vaelab export)")
+
+    def condition(self, labels: torch.Tensor | int) -> LatentVariableModel:
+        raise self._unsupported("conditioning input (labels, vaelab sample --label): it is not a conditional family")
 
     def networks(self) -> list[nn.Module]:
         """The neural networks, which may compute in reduced precision; distributions stay fp32."""

@@ -614,7 +614,8 @@ def write_run_figures(
     Always: reconstructions.png, samples.png, interpolation.png (two test images of different
     classes), and loss_curves.png when there are records. For latent_dim 2: latent_manifold.png and
     latent_scatter.png; for 3: latent_scatter_3d.png, latent_projections.png and
-    manifold_cross_sections.png; above 3: latent_manifold.png (remaining dimensions at 0).
+    manifold_cross_sections.png; above 3: latent_manifold.png (remaining dimensions at 0). A model that
+    conditions on labels gets those of :func:`vaelab.viz.conditional.conditional_figures` instead.
     """
     figures_dir = Path(figures_dir)
     x = _as_float_images(x_test_float)
@@ -630,6 +631,12 @@ def write_run_figures(
     records = list(records or [])
     if _by_split(records):
         put("loss_curves.png", loss_curves(records))
+    if model.can("condition"):  # it decodes under a label: its own figures (vaelab.viz.conditional)
+        from vaelab.viz.conditional import conditional_figures
+
+        for name, fig in conditional_figures(model, x, labels, names, seed):
+            put(name, fig)
+        return written
     put("reconstructions.png", reconstructions(model, x, n=10))
     put("samples.png", prior_samples(model, n=100, seed=seed))
     i, j = _two_of_different_classes(labels, len(x))

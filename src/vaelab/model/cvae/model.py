@@ -1,0 +1,229 @@
+"""The conditional VAE (Sohn et al. 2015): q(z | x, y), p(z), p(x | z, y), with y one of ``classes`` labels.
+
+The label enters both networks one-hot: as ``classes`` constant channels beside the encoder's input
+image, and beside z at the decoder's input. So any registered architecture serves unchanged, built
+for C + K input channels and a latent_dim + K input; the posterior, prior and likelihood come from
+their registries as for the VAE. The bound is on log p(x | y).
+
+Training and evaluation hand the batch's labels in through ``Context.labels``. ``encode``, ``decode``,
+``sample`` and ``reconstruct`` take ``labels=`` (one label for all, or one per example), and
+:meth:`CVAE.condition` fixes them for code that knows only the plain protocol. Without labels,
+``sample`` draws the classes in turn (0, 1, ..., K-1, 0, ...: the marginal under a uniform p(y)), and
+``encode``, ``decode`` and ``reconstruct`` refuse in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+from torch.nn import functional as F
+
+from vaelab.errors import VaelabError
+from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
+from vaelab.model.vae import kl_and_sample
+
+Labels = torch.Tensor | int | None
+_PASS_LABELS = "pass labels=..., or use model.condition(labels)"
+_BATCH_LABELS = "the batches carry none (a data set without labels cannot train or evaluate it)"
+
+
+def _no_unlabelled_posterior(x: torch.Tensor) -> Distribution:
+    raise VaelabError(
+        "a prior built from the posterior (model.prior = vamp) needs q(z | x) without a label; "
+        "the cvae family's posterior takes one: choose another model.prior"
+    )
+
+
+class CVAE(LatentVariableModel):
+    family = "cvae"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        posterior: nn.Module,
+        prior: nn.Module,
+        decoder: nn.Module,
+        likelihood: nn.Module,
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+        classes: int,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.posterior = posterior
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)
+        self.classes = classes
+
+    def networks(self) -> list[nn.Module]:
+        return [self.encoder, self.decoder]
+
+    # ---------------------------------------------------------------------------------- labels
+
+    def check_labels(self, labels: Labels, n: int, what: str, missing: str = _PASS_LABELS) -> torch.Tensor:
+        """``labels`` as n int64 class indices (a single label is repeated), or one line saying what is wrong."""
+        if labels is None:
+            raise VaelabError(f"the cvae model {what} under a label (0 to {self.classes - 1}): {missing}")
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise VaelabError(f"labels must be integer class indices, got {labels.dtype}")
+        if labels.dim() == 0:
+            labels = labels.expand(n)
+        if labels.shape != (n,):
+            raise VaelabError(f"{tuple(labels.shape)} labels for {n} examples; give one label, or one per example")
+        outside = labels[(labels < 0) | (labels >= self.classes)]
+        if len(outside):
+            raise VaelabError(
+                f"label {int(outside[0])} is not a class of this model: its labels are 0 to {self.classes - 1} "
+                f"(model.classes = {self.classes})"
+            )
+        return labels.long()
+
+    def _one_hot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels.to(like.device), self.classes).to(like.dtype)
+
+    # ------------------------------------------------------------------------------ distributions
+
+    def q_z(self, x: torch.Tensor, labels: torch.Tensor) -> Distribution:
+        """q(z | x, y): the label as K constant channels beside the image."""
+        _, h, w = self.image_shape
+        channels = self._one_hot(labels, x)[:, :, None, None].expand(-1, -1, h, w)
+        return self.posterior(self.run_network(self.encoder, torch.cat([x, channels], 1)))
+
+    def p_z(self) -> Distribution:
+        return self.prior(_no_unlabelled_posterior)
+
+    def p_x(self, z: torch.Tensor, labels: torch.Tensor) -> Distribution:
+        """p(x | z, y); ``z`` may carry leading sample dimensions (S x B x d), which are kept."""
+        lead = z.shape[:-1]
+        code = torch.cat([z, self._one_hot(labels, z).expand(*lead, -1)], -1)
+        out = self.run_network(self.decoder, code.reshape(-1, code.shape[-1]))
+        return self.likelihood(out.reshape(*lead, *out.shape[1:]))
+
+    # ---------------------------------------------------------------------------------- bounds
+
+    def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
+        labels = self.check_labels(ctx.labels, len(x), "trains and is evaluated", _BATCH_LABELS)
+        q = self.q_z(x, labels)
+        eps = ctx.noise((len(x), self.latent_dim), x)
+        if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
+            return ElboParts(x.new_zeros(0), x.new_zeros(0))
+        z, log_q = q.reparameterize(eps)
+        reconstruction = -self.p_x(z, labels).log_prob(x)
+        kl, kl_per_dim = kl_and_sample(q, self.p_z(), z, log_q)
+        return ElboParts(reconstruction, kl, kl_per_dim)
+
+    def log_weights(
+        self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> LogWeights:
+        """log p(x|z_i, y) + log p(z_i) - log q(z_i|x, y) for k samples z_i ~ q (k x B), as the VAE's."""
+        labels = self.check_labels(ctx.labels, len(x), "is importance-sampled", _BATCH_LABELS)
+        q = self.q_z(x, labels).proposal()
+        eps = ctx.noise((k, len(x), self.latent_dim), x)
+        if not len(x):
+            return LogWeights(x.new_zeros(k, 0), ElboParts(x.new_zeros(0), x.new_zeros(0)))
+        z, log_q = q.reparameterize(eps)
+        z_path = z
+        if dreg_path is not None:
+            z_path = dreg_path(z)
+            log_q = q.detached().log_prob(z_path)
+        log_px_z = self.p_x(z_path, labels).log_prob(x)
+        prior = self.p_z()
+        log_w = log_px_z + prior.log_prob(z_path) - log_q
+        kl, kl_per_dim = kl_and_sample(q, prior, z[0].detach(), log_q[0].detach())
+        return LogWeights(log_w, ElboParts(-log_px_z[0], kl, kl_per_dim))
+
+    @torch.no_grad()
+    def init_output_bias(self, mean_image: torch.Tensor) -> None:
+        """The decoder's output bias at the data mean, as the VAE's (``model.decoder_bias = data-mean``)."""
+        self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
+
+    # ----------------------------------------------------------------------- encode, decode, sample
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, labels: Labels = None) -> torch.Tensor:
+        """Posterior means E_q[z | x, y]."""
+        return self.q_z(x, self.check_labels(labels, len(x), "encodes an image")).mean
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels: Labels = None) -> torch.Tensor:
+        """The likelihood's mean image for each code under its label."""
+        return self.p_x(z, self.check_labels(labels, len(z), "decodes a code")).mean.clamp(0, 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, labels: Labels = None) -> torch.Tensor:
+        """Mean images decoded from ``n`` prior samples under ``labels`` (default: the classes in turn)."""
+        if labels is None:
+            labels = torch.arange(n) % self.classes
+        labels = self.check_labels(labels, n, "samples")
+        z = self.p_z().sample((n,)) if generator is None else self.prior.sample(n, generator, _no_unlabelled_posterior)
+        return self.decode(z, labels)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: Labels = None) -> torch.Tensor:
+        labels = self.check_labels(labels, len(x), "reconstructs an image")
+        return self.decode(self.encode(x, labels), labels)
+
+    def condition(self, labels: torch.Tensor | int) -> Conditioned:
+        """This model with ``labels`` fixed (one for every example, or one per example)."""
+        labels = torch.as_tensor(labels)
+        self.check_labels(labels, len(labels) if labels.dim() else 1, "is conditioned")
+        return Conditioned(self, labels)
+
+
+class Conditioned(LatentVariableModel):
+    """A conditional model whose labels are fixed: the plain protocol, for code that knows nothing of labels.
+
+    A single label applies to any number of examples; a vector of labels, to calls of exactly that many.
+    """
+
+    def __init__(self, model: CVAE, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.labels = labels.long()
+        self.family, self.latent_dim, self.image_shape, self.classes = (
+            model.family,
+            model.latent_dim,
+            model.image_shape,
+            model.classes,
+        )
+        self.prior = model.prior  # what the figures draw beside the codes
+
+    def _rows(self, n: int) -> torch.Tensor:
+        return self.model.check_labels(self.labels, n, "is conditioned")
+
+    def networks(self) -> list[nn.Module]:
+        return self.model.networks()
+
+    def p_z(self) -> Distribution:
+        return self.model.p_z()
+
+    def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
+        return self.model.elbo(x, replace(ctx, labels=self._rows(len(x))))
+
+    def log_weights(
+        self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> LogWeights:
+        return self.model.log_weights(x, k, replace(ctx, labels=self._rows(len(x))), dreg_path)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x, self._rows(len(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z, self._rows(len(z)))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.model.sample(n, generator, self._rows(n))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.reconstruct(x, self._rows(len(x)))
+
+    def condition(self, labels: torch.Tensor | int) -> Conditioned:
+        return self.model.condition(labels)
