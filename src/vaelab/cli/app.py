@@ -586,4 +586,45 @@ def list_registered(
         console.print(table)
 
 
+@app.command()
+def serve(
+    run_dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Run directories to explore (with no RUN_DIR and no --pretrained: the shipped 2-D and 3-D models)."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pretrained",
+            help="A shipped model (repeatable): seed-2d, seed-3d, seed-correlated, burda-vae, burda-iwae.",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the explorer to this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    scatter_points: Annotated[
+        int, typer.Option("--scatter-points", min=0, max=10_000, help="Test images in each model's latent scatter.")
+    ] = 5000,
+) -> None:
+    """Explore latent spaces in the browser: scatters, live decoding under the pointer, 3-D views and
+    cross-sections, a drawing pad, two models side by side; a JSON API (with its page at /docs) underneath."""
+    from vaelab.serve import listen, load_models, url
+    from vaelab.serve import serve as run
+    from vaelab.serve.server import is_loopback
+
+    sock = listen(host, port)  # a port in use is refused before the models load
+    try:
+        served = load_models(run_dirs or [], pretrained or [], scatter_points, say=err_console.print)
+        address = url(sock)
+        if not is_loopback(host):
+            err_console.print(f"warning: listening on {host}: anyone who can reach this machine can use the explorer")
+        print(f"serving {', '.join(served)} at {address} (API: {address}docs); Ctrl-C stops", flush=True)
+        run(served, sock)
+    finally:
+        sock.close()
+
+
 from vaelab.cli import ship as _ship  # noqa: E402,F401  (registers export and encode)
