@@ -332,7 +332,12 @@ def evaluate(
     ] = 0,
     fd_samples: Annotated[
         int,
-        typer.Option("--fd-samples", min=2, max=1_000_000, help="Prior samples for the Fréchet distance (MNIST only)."),
+        typer.Option(
+            "--fd-samples",
+            min=2,
+            max=1_000_000,
+            help="Prior samples for the Fréchet distance and a conditional model's label accuracy (MNIST only).",
+        ),
     ] = 10_000,
     no_write: Annotated[
         bool, typer.Option("--no-write", help="Do not append to the run's metrics.jsonl and report.md.")

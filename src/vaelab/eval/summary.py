@@ -10,6 +10,8 @@
 * ``frechet_distance`` between ``frechet_samples`` prior samples and the test images in the feature space
   of vaelab's MNIST classifier (NOT comparable with Inception-based FID; ``frechet_note`` says so), or
   ``None`` with ``frechet_note`` giving the reason when the data set is not MNIST;
+* for a conditional model (``model.can("condition")``) on MNIST, ``label_accuracy`` (and per class): the share of
+  ``frechet_samples`` samples, decoded under the labels in turn, that the same classifier assigns to their label;
 * ``analysis_seconds``.
 
 :func:`analysis_record` turns it into the ``metrics.jsonl`` record ``{"epoch": E, "split": "test",
@@ -44,6 +46,7 @@ from vaelab.eval.analysis import (
     silhouette,
 )
 from vaelab.eval.bound import evaluate_elbo
+from vaelab.eval.conditional import label_accuracy
 from vaelab.eval.frechet import NOT_FID_NOTE, sample_frechet_distance
 from vaelab.io import atomic_write_text
 from vaelab.model.vae import VAE
@@ -126,6 +129,17 @@ def evaluate_model(
         result.update(
             {"frechet_distance": None, "frechet_samples": 0, "frechet_reference_images": 0, "frechet_note": reason}
         )
+    if model.can("condition"):  # its samples under each label, read back by the MNIST classifier
+        if frechet_applicable(dataset) is None and model.classes == 10:
+            result.update(label_accuracy(model, frechet_samples, seed, classifier))
+        else:
+            result.update(
+                {
+                    "label_accuracy": None,
+                    "label_accuracy_note": f"not computed: it reads samples with a 10-class MNIST digit classifier, "
+                    f"which means nothing for {model.classes} classes of {dataset.name!r}",
+                }
+            )
     result["analysis_seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -216,6 +230,15 @@ def analysis_lines(result: dict[str, Any]) -> list[str]:
             f"Fréchet distance, {result['frechet_samples']} prior samples vs {result['frechet_reference_images']} "
             f"test images: {result['frechet_distance']:.3f} ({result['frechet_note']})"
         )
+    if "label_accuracy" in result:
+        if result["label_accuracy"] is None:
+            lines.append(f"label accuracy of conditional samples: {result['label_accuracy_note']}")
+        else:
+            lines.append(
+                f"label accuracy of conditional samples: {_pct(result['label_accuracy'])} of "
+                f"{result['label_samples']} samples (the labels in turn) classified as their label by vaelab's "
+                "MNIST classifier; per class: " + ", ".join(_pct(v) for v in result["label_accuracy_per_class"])
+            )
     return lines
 
 

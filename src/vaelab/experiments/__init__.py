@@ -185,6 +185,29 @@ EXPERIMENTS: dict[str, Experiment] = {
     )
 }
 
+
+
+def _conditional(latent_dim: int = 2) -> Callable[[], RunConfig]:
+    """The seed study's recipe (conv, MNIST, batch 128, Adam 1e-3, 30 epochs, seed 0) as a conditional VAE."""
+    seed = _seed(latent_dim)
+
+    def make() -> RunConfig:
+        config = seed()
+        config.model.family = "cvae"
+        return config.validate()
+
+    return make
+
+
+EXPERIMENTS["cvae-2d"] = Experiment(
+    "cvae-2d",
+    1,
+    "conditional VAE, 2-D latent (seed-2d's recipe, the label into encoder and decoder)",
+    _conditional(2),
+    {},
+    "Sohn et al. (2015); the unconditional model to compare with is seed-2d",
+)
+
 FAMILY_EPOCHS = 50  # one budget for every prior and posterior of the comparison
 VAMP_PSEUDO_INPUTS = 100  # Tomczak & Welling used 500; each step runs them all through the encoder
 
