@@ -186,7 +186,6 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
-
 def _conditional(latent_dim: int = 2) -> Callable[[], RunConfig]:
     """The seed study's recipe (conv, MNIST, batch 128, Adam 1e-3, 30 epochs, seed 0) as a conditional VAE."""
     seed = _seed(latent_dim)

@@ -17,6 +17,8 @@ from vaelab.data import Batches, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval import latent_analysis
 from vaelab.eval.analysis import ACTIVE_UNIT_THRESHOLD
+from vaelab.eval.bound import evaluation_seed
+from vaelab.eval.summary import frechet_applicable
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
 from vaelab.io import atomic_write_json, atomic_write_text
 from vaelab.model import load_model
@@ -121,6 +123,10 @@ def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console:
         "latent_variance": analysis["latent_variance"],
         "figures": [str(p.relative_to(run_dir)) for p in figures],
     }
+    if model.can("condition") and frechet_applicable(dataset) is None:  # its samples per label, classified
+        from vaelab.eval.conditional import label_accuracy
+
+        result["label_accuracy"] = label_accuracy(model, seed=evaluation_seed(config.train.seed))
     if experiment.nll_k:
         from vaelab.eval import estimate_log_likelihood
 
