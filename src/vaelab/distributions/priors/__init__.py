@@ -9,6 +9,7 @@ a correlated Gaussian's whitened coordinates.
 
 from __future__ import annotations
 
+from vaelab.distributions.priors import standard  # noqa: F401  (registered first: the default)
 from vaelab.distributions.priors.base import PosteriorMap, Prior, standard_normal_noise
 from vaelab.distributions.priors.correlated import STUDY_CORRELATION, CorrelatedGaussian, study_covariance
 from vaelab.distributions.priors.learnable import LearnableGaussian
