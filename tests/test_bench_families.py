@@ -122,6 +122,22 @@ def test_what_does_not_fit_the_budget_is_skipped_on_both_sides():
     assert "- skipped: iaf: would not fit in the 1 s time budget" in bench_families.markdown(results)
 
 
+def test_the_two_sides_windows_alternate_after_a_warm_up_each():
+    calls: list[str] = []
+
+    def step_of(name: str):
+        def step() -> int:
+            calls.append(name)
+            return 128
+
+        return step
+
+    rates = bench_families.alternating_rates([step_of("vaelab"), step_of("plain")], window=0.0, windows=3)
+    assert len(rates) == 2 and min(rates) > 0
+    # two warm-up steps each, then one step per window (a window of 0 s), the order reversed every round
+    assert calls == ["vaelab"] * 2 + ["plain"] * 2 + ["vaelab", "plain", "plain", "vaelab", "vaelab", "plain"]
+
+
 class _Quiet:
     def __init__(self):
         self.text = ""
