@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from vaelab.core.registry import PRIORS
-from vaelab.distributions.priors.base import PosteriorMap, Prior
+from vaelab.distributions.priors.base import GaussianMixtureDistribution, PosteriorMap, Prior
 
 
 class GaussianMixture(Prior):
@@ -26,7 +26,7 @@ class GaussianMixture(Prior):
     def forward(self, q_z: PosteriorMap | None = None) -> Distribution:
         components = Independent(Normal(self.means, self.log_scales.exp(), validate_args=False), 1, validate_args=False)
         weights = Categorical(logits=self.logits, validate_args=False)
-        return MixtureSameFamily(weights, components, validate_args=False)
+        return GaussianMixtureDistribution(weights, components, validate_args=False)
 
 
 @PRIORS.register("mog", "mixture of model.prior_components diagonal Gaussians, weights, means and scales learned")

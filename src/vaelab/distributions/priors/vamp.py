@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Categorical, Distribution, MixtureSameFamily
+from torch.distributions import Categorical, Distribution
 
 from vaelab.core.registry import PRIORS
-from vaelab.distributions.priors.base import PosteriorMap, Prior
+from vaelab.distributions.priors.base import GaussianMixtureDistribution, PosteriorMap, Prior
 
 
 class VampPrior(Prior):
@@ -34,7 +34,7 @@ class VampPrior(Prior):
             raise TypeError("the VampPrior is built from the posterior: call it with the model's q_z")
         components = q_z(self.pseudo_inputs)
         uniform = Categorical(logits=self.pseudo_logits.new_zeros(len(self.pseudo_logits)), validate_args=False)
-        return MixtureSameFamily(uniform, components, validate_args=False)
+        return GaussianMixtureDistribution(uniform, components, validate_args=False)
 
 
 @PRIORS.register("vamp", "VampPrior: the posterior at model.prior_components learned pseudo-inputs (Tomczak & Welling)")
