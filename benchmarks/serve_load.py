@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import re
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -42,10 +44,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def start_server(model: str, scatter_points: int) -> tuple[subprocess.Popen, str, int]:
+def start_server(model: str, scatter_points: int, workers: int) -> tuple[subprocess.Popen, str, int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "vaelab", "serve", "--pretrained", model, "--port", "0"]
-        + ["--scatter-points", str(scatter_points)],
+        + ["--scatter-points", str(scatter_points), "--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -110,6 +112,18 @@ async def run_load(host: str, port: int, model: str, dim: int, clients: int, sec
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its children (its forked workers), seconds (Linux)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    total = 0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
@@ -122,18 +136,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second per client at most (0: no pause)")
     parser.add_argument("--scatter-points", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="server processes (vaelab serve --workers)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    process, host, port = start_server(args.model, args.scatter_points)
+    process, host, port = start_server(args.model, args.scatter_points, args.workers)
     try:
         import urllib.request
 
         with urllib.request.urlopen(f"http://{host}:{port}/api/models/{args.model}", timeout=30) as r:
             dim = json.load(r)["latent_dim"]
+        cpu_before = cpu_seconds(process.pid)
         started = time.perf_counter()
         out = asyncio.run(run_load(host, port, args.model, dim, args.clients, args.seconds, args.rate))
         wall = time.perf_counter() - started
+        server_cpu = cpu_seconds(process.pid) - cpu_before
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -153,8 +170,11 @@ def main() -> None:
         "p90_ms": 1e3 * percentile(lat, 90) if lat else None,
         "p99_ms": 1e3 * percentile(lat, 99) if lat else None,
         "max_ms": 1e3 * max(lat) if lat else None,
+        "server_cpu_ms_per_request": 1e3 * server_cpu / max(1, len(lat) + out["errors"]),
+        "server_cores_busy": server_cpu / wall,
+        "load_average_1min": os.getloadavg()[0],
         "cpu": cpu_name(),
-        "cores": len(__import__("os").sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)),
     }
     if args.json:
         print(json.dumps(result))
@@ -168,6 +188,10 @@ def main() -> None:
             f"decode round trip: p50 {result['p50_ms']:.1f} ms, p90 {result['p90_ms']:.1f} ms, "
             f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "
             f"{len(lat)} requests ({result['requests_per_second']:.0f}/s), {out['errors']} errors"
+        )
+        print(
+            f"server CPU {result['server_cpu_ms_per_request']:.2f} ms per request ({result['server_cores_busy']:.2f} cores busy); "
+            f"machine load average {result['load_average_1min']:.1f}"
         )
     else:
         print(f"no request succeeded; {out['errors']} errors")

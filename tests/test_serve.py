@@ -364,8 +364,6 @@ def test_bad_command_lines_end_in_one_line(run_cli, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: no pretrained model named") and r.stderr.count("\n") == 1
     r = run_cli("serve", tmp_path)
     assert r.returncode == 2 and "no model.json" in r.stderr and r.stderr.count("\n") == 1
-    r = run_cli("serve", tmp_path / "missing")
-    assert r.returncode == 2 and "not a directory" in r.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -374,8 +372,6 @@ def test_bad_command_lines_end_in_one_line(run_cli, tmp_path):
     assert r.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in r.stderr and r.stderr.count("\n") == 1
     r = run_cli("serve", "--host", "no-such-host.invalid")
     assert r.returncode == 2 and r.stderr.startswith("error: --host no-such-host.invalid")
-    r = run_cli("serve", "--port", "70000")
-    assert r.returncode == 2 and r.stderr.startswith("error:")
 
 
 def _start(cli_env, *args):
@@ -421,12 +417,12 @@ def test_serve_with_no_arguments_opens_on_the_shipped_models(cli_env):
     assert process.returncode == 143 and err.strip().endswith("terminated (SIGTERM)")
 
 
-def test_serve_a_run_directory_beside_a_pretrained_model(cli_env, trained_run):
-    process, url = _start(cli_env, trained_run, "--pretrained", "seed-2d", "--port", "0", "--scatter-points", "50")
+def test_serve_a_run_directory_in_two_workers(cli_env, trained_run):
+    process, url = _start(cli_env, trained_run, "--port", "0", "--scatter-points", "50", "--workers", "2")
     try:
         with urllib.request.urlopen(url + "api/models", timeout=30) as r:
             models = {m["name"]: m for m in json.load(r)["models"]}
-        assert list(models) == ["seed-2d", trained_run.name]
+        assert list(models) == [trained_run.name]
         assert models[trained_run.name]["source"] == str(trained_run)
         request = urllib.request.Request(
             url + f"api/models/{trained_run.name}/decode",
@@ -439,3 +435,6 @@ def test_serve_a_run_directory_beside_a_pretrained_model(cli_env, trained_run):
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
     assert process.returncode == 130
+    time.sleep(0.5)
+    with pytest.raises(OSError):  # the forked worker went with it: nothing listens any more
+        urllib.request.urlopen(url + "api/models", timeout=5)

@@ -613,21 +613,25 @@ def serve(
     scatter_points: Annotated[
         int, typer.Option("--scatter-points", min=0, max=10_000, help="Test images in each model's latent scatter.")
     ] = 5000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Server processes sharing the port (e.g. 2 for many users on 2 cores).")
+    ] = 1,
 ) -> None:
     """Explore latent spaces in the browser: scatters, live decoding under the pointer, 3-D views and
     cross-sections, a drawing pad, two models side by side; a JSON API (with its page at /docs) underneath."""
     from vaelab.serve import listen, load_models, url
     from vaelab.serve import serve as run
-    from vaelab.serve.server import is_loopback
+    from vaelab.serve.server import is_loopback, one_thread
 
     sock = listen(host, port)  # a port in use is refused before the models load
     try:
+        one_thread()
         served = load_models(run_dirs or [], pretrained or [], scatter_points, say=err_console.print)
         address = url(sock)
         if not is_loopback(host):
             err_console.print(f"warning: listening on {host}: anyone who can reach this machine can use the explorer")
         print(f"serving {', '.join(served)} at {address} (API: {address}docs); Ctrl-C stops", flush=True)
-        run(served, sock)
+        run(served, sock, workers)
     finally:
         sock.close()
 

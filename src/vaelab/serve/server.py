@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
+import os
 import re
+import signal
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,19 +115,60 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(served: dict[str, ServedModel], sock: socket.socket) -> None:
-    """Run the app on ``sock`` until Ctrl-C or SIGTERM."""
-    import uvicorn
+def one_thread() -> None:
+    """Requests are small: many computed side by side beat one spread over the cores. Set before any
+    model runs, so that no thread pool exists when :func:`serve` forks its workers."""
+    torch.set_num_threads(1)
 
+
+def serve(served: dict[str, ServedModel], sock: socket.socket, workers: int = 1) -> None:
+    """Run the app on ``sock`` until Ctrl-C or SIGTERM, in ``workers`` processes sharing the socket
+    (forked from this one, so the models and scatters are computed once)."""
     from vaelab.serve.api import create_app
 
-    torch.set_num_threads(1)  # requests are small: many computed side by side beat one spread over the cores
+    one_thread()
+    app = create_app(served)
+    children: list[int] = []
+    if workers > 1 and not hasattr(os, "fork"):
+        raise VaelabError("--workers above 1 needs a system with fork (Linux, macOS)")
+    try:
+        for _ in range(workers - 1):
+            pid = os.fork()
+            if pid == 0:  # a worker: serve until told to stop, then leave without the parent's cleanup
+                code = 0
+                try:
+                    _die_with_parent()
+                    _run(app, sock)
+                except BaseException:  # Ctrl-C, SIGTERM: the parent reports
+                    code = 1
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        _run(app, sock)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _run(app, sock: socket.socket) -> None:
+    import uvicorn
+
     config = uvicorn.Config(
-        create_app(served),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-        server_header=False,
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2, server_header=False
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the process that forked it ends, however it ends (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -123,7 +123,7 @@ class Panel {
     this.position = new Map(this.scatter.indices.map((k, i) => [k, i]));
     if (this.scatter.note) this.status("no scatter: " + this.scatter.note);
     this.pca = d > 3 && this.scatter.means.length ? principalAxes(this.scatter.means, d) : null;
-    this.view = { mode: "dims", dims: [0, 1], origin: this.priorLoc() };
+    this.view = { mode: "dims", dims: this.activeDims(), origin: this.priorLoc() };
     this.buildControls();
     this.el(".rot-figure").style.display = d === 3 ? "" : "none";
     this.setView();
@@ -133,6 +133,19 @@ class Panel {
     this.el(".drawn-text").textContent = "draw a digit";
     if (state.drawing) this.encode(state.drawing);
     this.root.dataset.ready = "1";
+  }
+
+  activeDims() {
+    // beyond 3-D, the plane starts on the two dimensions whose means vary most (the study's z0, z1 below)
+    const d = this.info.latent_dim, means = this.scatter.means;
+    if (d <= 3 || !means.length) return [0, 1];
+    const spread = [...Array(d).keys()].map((k) => {
+      let s = 0, s2 = 0;
+      for (const z of means) { s += z[k]; s2 += z[k] * z[k]; }
+      return [s2 / means.length - (s / means.length) ** 2, k];
+    });
+    spread.sort((a, b) => b[0] - a[0]);
+    return [spread[0][1], spread[1][1]].sort((a, b) => a - b);
   }
 
   priorLoc() {
@@ -174,7 +187,7 @@ class Panel {
     select("x", this.view.dims[0], (k) => this.chooseDim(0, k));
     select("y", this.view.dims[1], (k) => this.chooseDim(1, k));
     this.sliderBox = document.createElement("div");
-    this.sliderBox.className = "controls";
+    this.sliderBox.className = "controls sliders";
     box.appendChild(this.sliderBox);
     this.buildSliders();
   }
@@ -240,7 +253,8 @@ class Panel {
     if (this.pointer) this.decodeAt(this.pointer);
     const names = v.mode === "pca" ? ["PC1", "PC2"] : v.dims.map((k) => "z" + k);
     this.el(".axis-note").textContent = `horizontal ${names[0]}, vertical ${names[1]}` +
-      (d > 2 && v.mode === "dims" ? "; points shaded by their distance from the plane" : "");
+      (d === 3 && v.mode === "dims" ? "; points shaded by their distance from the plane" : "") +
+      (d > 3 ? "; the points are the means projected onto the plane" : "");
   }
 
   project(z) {
@@ -310,7 +324,7 @@ class Panel {
       this.pixels[2 * i] = x;
       this.pixels[2 * i + 1] = y;
       let alpha = 0.55;
-      if (others.length) {
+      if (others.length === 1) {
         let gap = 0;
         for (const k of others) gap += (z[k] - v.origin[k]) ** 2;
         alpha = 0.06 + 0.6 * Math.exp(-gap / 0.25);
@@ -462,7 +476,7 @@ class Panel {
       .then((out) => {
         if (model !== this.info.name) return;
         this.el("img.decoded").src = png(out.images[0]);
-        this.el(".decoded-z").textContent = "z = (" + z.map(fmt).join(", ") + ")";
+        this.el(".decoded-z").textContent = "z = (" + z.slice(0, 6).map(fmt).join(", ") + (z.length > 6 ? ", …)" : ")");
         this.decodes += 1;
         this.root.dataset.decodes = String(this.decodes);
       })
