@@ -43,11 +43,11 @@ class DiscretizedLogisticMixture(Distribution):
         # one expression per edge, so that level l's upper edge is level l+1's lower one to the last bit
         upper = inv_scale * ((level + 0.5) / (LEVELS - 1) - self.loc)
         lower = inv_scale * ((level - 0.5) / (LEVELS - 1) - self.loc)
+        # each computed once: level 0's and level 255's masses, and factors of the interior's
+        below_upper, above_lower = F.logsigmoid(upper), F.logsigmoid(-lower)
         # sigmoid(u) - sigmoid(l) = sigmoid(u) sigmoid(-l) (1 - e^-(u - l)): no cancellation, no inf
-        interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
-        return torch.where(
-            level == 0, F.logsigmoid(upper), torch.where(level == LEVELS - 1, F.logsigmoid(-lower), interior)
-        )
+        interior = below_upper + above_lower + torch.log(-torch.expm1(lower - upper))
+        return torch.where(level == 0, below_upper, torch.where(level == LEVELS - 1, above_lower, interior))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         level = (value * (LEVELS - 1)).round().clamp(0, LEVELS - 1).unsqueeze(-4)
