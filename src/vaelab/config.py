@@ -79,7 +79,7 @@ class ModelConfig:
     flow_steps: int = 2  # iaf: inverse autoregressive flow steps
     # iaf: units per MADE hidden layer, also the encoder's context size; 0 = max(64, 4 * latent_dim)
     flow_hidden: int = 0
-    classes: int = 10  # cvae: the labels it conditions on are 0 .. classes - 1
+    classes: int = 10  # cvae: the labels it conditions on are 0 .. classes - 1; gumbel: its categories
 
     def validate(self) -> None:
         _check_plain_values(self, "model")

@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "vaelab.model.objectives",
     "vaelab.model.build",
     "vaelab.model.cvae",
+    "vaelab.model.gumbel",
 )
 _loaded = False
 

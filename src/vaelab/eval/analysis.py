@@ -32,7 +32,7 @@ PROBE_TRAIN_LIMIT = 10_000
 def latent_means(model: VAE, batches: Batches) -> torch.Tensor:
     """E_q[z | x] for every image of ``batches``, in order (E_q[z | x, y] for a conditional family)."""
     model.eval()
-    if model.can("condition"):
+    if model.takes_labels:
         return torch.cat([model.condition(b.y).encode(b.x) for b in batches.batches(shuffle=False)])
     return torch.cat([model.encode(x) for x in batches.epoch(shuffle=False)])
 

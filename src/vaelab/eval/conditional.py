@@ -43,8 +43,8 @@ def label_accuracy(
     and per class (``label_accuracy``, ``label_accuracy_per_class``, ``label_samples``)."""
     from vaelab.eval.classifier import IMAGE_SHAPE, load_classifier
 
-    if not model.can("condition"):
-        raise model._unsupported("conditioning input, so no accuracy of conditional samples")
+    if not model.takes_labels:
+        raise model._unsupported("labels as input, so no accuracy of conditional samples")
     if model.classes != 10 or tuple(model.image_shape) != IMAGE_SHAPE:
         raise VaelabError(
             f"the label accuracy reads samples with vaelab's MNIST classifier (10 classes, 1 x 28 x 28); this model "

@@ -10,8 +10,10 @@
 * ``frechet_distance`` between ``frechet_samples`` prior samples and the test images in the feature space
   of vaelab's MNIST classifier (NOT comparable with Inception-based FID; ``frechet_note`` says so), or
   ``None`` with ``frechet_note`` giving the reason when the data set is not MNIST;
-* for a conditional model (``model.can("condition")``) on MNIST, ``label_accuracy`` (and per class): the share of
+* for a conditional model (``model.takes_labels``) on MNIST, ``label_accuracy`` (and per class): the share of
   ``frechet_samples`` samples, decoded under the labels in turn, that the same classifier assigns to their label;
+* for a model with a discrete latent (``model.can("discrete_code")``), ``cluster_accuracy``: its most probable
+  category against the test labels under the best one-to-one matching (Hungarian);
 * ``analysis_seconds``.
 
 :func:`analysis_record` turns it into the ``metrics.jsonl`` record ``{"epoch": E, "split": "test",
@@ -46,6 +48,7 @@ from vaelab.eval.analysis import (
     silhouette,
 )
 from vaelab.eval.bound import evaluate_elbo
+from vaelab.eval.clustering import best_match_accuracy, discrete_codes
 from vaelab.eval.conditional import label_accuracy
 from vaelab.eval.frechet import NOT_FID_NOTE, sample_frechet_distance
 from vaelab.io import atomic_write_text
@@ -129,7 +132,7 @@ def evaluate_model(
         result.update(
             {"frechet_distance": None, "frechet_samples": 0, "frechet_reference_images": 0, "frechet_note": reason}
         )
-    if model.can("condition"):  # its samples under each label, read back by the MNIST classifier
+    if model.takes_labels:  # its samples under each label, read back by the MNIST classifier
         if frechet_applicable(dataset) is None and model.classes == 10:
             result.update(label_accuracy(model, frechet_samples, seed, classifier))
         else:
@@ -140,6 +143,8 @@ def evaluate_model(
                     f"which means nothing for {model.classes} classes of {dataset.name!r}",
                 }
             )
+    if model.can("discrete_code"):  # a discrete latent: how well its categories match the classes
+        result["cluster_accuracy"] = best_match_accuracy(discrete_codes(model, test), test.labels)
     result["analysis_seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -229,6 +234,11 @@ def analysis_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"Fréchet distance, {result['frechet_samples']} prior samples vs {result['frechet_reference_images']} "
             f"test images: {result['frechet_distance']:.3f} ({result['frechet_note']})"
+        )
+    if "cluster_accuracy" in result:
+        lines.append(
+            f"unsupervised accuracy of the discrete code: {_pct(result['cluster_accuracy'])} "
+            "(its most probable category against the labels, best one-to-one matching)"
         )
     if "label_accuracy" in result:
         if result["label_accuracy"] is None:

@@ -123,7 +123,11 @@ def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console:
         "latent_variance": analysis["latent_variance"],
         "figures": [str(p.relative_to(run_dir)) for p in figures],
     }
-    if model.can("condition") and frechet_applicable(dataset) is None:  # its samples per label, classified
+    if model.can("discrete_code"):  # a discrete latent's categories against the classes
+        from vaelab.eval.clustering import best_match_accuracy, discrete_codes
+
+        result["cluster_accuracy"] = best_match_accuracy(discrete_codes(model, test_split), test_split.labels)
+    if model.takes_labels and frechet_applicable(dataset) is None:  # its samples per label, classified
         from vaelab.eval.conditional import label_accuracy
 
         result["label_accuracy"] = label_accuracy(model, seed=evaluation_seed(config.train.seed))

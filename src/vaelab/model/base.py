@@ -11,10 +11,13 @@ A latent-variable model trained by amortised variational inference offers some o
 * ``features(x) -> (mean, scale)``: the posterior's location and per-dimension scale (a feature extractor);
 * ``export_part(part) -> ExportPart``: a plain torch module of the ``encoder`` (images -> mean, scale)
   or the ``decoder`` (codes -> mean images), for ``vaelab export``.
-* ``condition(labels) -> LatentVariableModel``: a conditional family (``classes`` > 0) with its labels
-  fixed, one for all examples or one per example; its encode / decode / sample / reconstruct also take
-  ``labels=`` (``vaelab sample --label``, the class figures). Training and evaluation hand the batch's
-  labels in as ``Context.labels``.
+* ``condition(labels) -> LatentVariableModel``: a family that decodes under one of ``classes`` discrete
+  values, with them fixed (one for all examples or one per example): the data's labels for a
+  conditional family (``takes_labels``: cvae), or its own discrete latent's categories (gumbel); its
+  encode / decode / sample / reconstruct also take ``labels=`` (``vaelab sample --label``, the class
+  figures). Training and evaluation hand the batch's labels in as ``Context.labels``;
+* ``discrete_code(x)``: the most probable category of a discrete latent per image (the clustering
+  accuracy against the labels).
 
 A capability a family lacks raises :class:`Unsupported` (a VaelabError naming the family and what is
 missing); callers that can skip a step ask :meth:`LatentVariableModel.can` first, and say what they skip.
@@ -136,7 +139,8 @@ class LatentVariableModel(nn.Module):
     family = "model"
     image_shape: tuple[int, int, int]
     latent_dim: int
-    classes: int = 0  # a conditional family: the labels it takes are 0 .. classes - 1
+    classes: int = 0  # a family that can condition: the values it decodes under are 0 .. classes - 1
+    takes_labels: bool = False  # the data's labels are an input (Context.labels): a conditional family (cvae)
 
     def __init__(self) -> None:
         super().__init__()
@@ -179,6 +183,9 @@ class LatentVariableModel(nn.Module):
 
     def condition(self, labels: torch.Tensor | int) -> LatentVariableModel:
         raise self._unsupported("conditioning input (labels, vaelab sample --label): it is not a conditional family")
+
+    def discrete_code(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("discrete latent code")
 
     def networks(self) -> list[nn.Module]:
         """The neural networks, which may compute in reduced precision; distributions stay fp32."""

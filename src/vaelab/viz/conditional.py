@@ -1,4 +1,4 @@
-"""Figures of a conditional model (one that ``can("condition")``): samples per class, style transfer.
+"""Figures of a model that decodes under a discrete value (``can("condition")``): samples per value, style transfer.
 
 * ``class_samples.png``: one row per class, prior draws decoded under that class's label;
 * ``style_transfer.png``: test digits encoded with their own label (z = E_q[z | x, y]), each decoded
@@ -54,8 +54,9 @@ def class_samples(
     ax.set_xticks([])
     ax.set_yticks(_tick_positions(model.classes, height))
     ax.set_yticklabels(_names(model, class_names), fontsize=8)
-    ax.set_ylabel("label y")
-    ax.set_title(f"Samples z ~ p(z), decoded under each label (seed {seed})", fontsize=10)
+    name = getattr(model, "condition_name", "label")
+    ax.set_ylabel(name)
+    ax.set_title(f"Samples z ~ p(z), decoded under each {name} (seed {seed})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -72,8 +73,9 @@ def style_transfer(
     labels = torch.as_tensor(np.asarray(labels)).reshape(-1)[: len(x)]
     if len(x) == 0:
         raise VaelabError("style_transfer needs at least one image")
+    view = _view(model, x, labels)
     with _inference(model) as device:
-        z = model.condition(labels).encode(x.to(device))
+        z = view.encode(x.to(device))
         columns = [model.condition(c).decode(z).cpu() for c in range(model.classes)]
     rows = torch.stack([x, *columns], 1).flatten(0, 1)  # image i: its input, then one decode per label
     _, _, height, width = x.shape
@@ -82,21 +84,33 @@ def style_transfer(
     ax.set_xticks(_tick_positions(model.classes + 1, width))
     ax.set_xticklabels(["input", *_names(model, class_names)], fontsize=8)
     ax.set_yticks([])
-    ax.set_title("Style transfer: z = E_q[z | x, y] of each input, decoded under every label", fontsize=10)
+    name = getattr(model, "condition_name", "label")
+    ax.set_title(f"Style transfer: each input's posterior mean, decoded under every {name}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _view(model: LatentVariableModel, x: torch.Tensor, labels: torch.Tensor) -> LatentVariableModel:
+    """The model with the values these images decode under: their labels (a conditional family), or
+    their most probable category (a discrete latent)."""
+    if model.takes_labels:
+        return model.condition(labels)
+    if model.can("discrete_code"):
+        with _inference(model) as device:
+            return model.condition(model.discrete_code(x.to(device)).cpu())
+    return model
 
 
 def encode_means_conditioned(
     model: LatentVariableModel, x: torch.Tensor, labels: torch.Tensor, batch_size: int = BATCH
 ) -> torch.Tensor:
-    """E_q[z | x, y] for images ``x`` under their ``labels``, in batches; on CPU."""
+    """Posterior means for images ``x`` (under their ``labels`` where the model takes them), in batches; on CPU."""
     with _inference(model) as device:
         parts = [
-            model.condition(labels[i : i + batch_size]).encode(x[i : i + batch_size].to(device)).cpu()
+            _view(model, x[i : i + batch_size], labels[i : i + batch_size]).encode(x[i : i + batch_size].to(device))
             for i in range(0, len(x), batch_size)
         ]
-    return torch.cat(parts)
+    return torch.cat(parts).cpu()
 
 
 def conditional_figures(
@@ -106,16 +120,17 @@ def conditional_figures(
     class_names: Sequence[str] | None,
     seed: int = 0,
 ) -> Iterator[tuple[str, Figure]]:
-    """(file name, figure) for every figure of a conditional model: samples (the classes in turn), samples
-    per class, and with the test labels: reconstructions, style transfer and, for 2 or 3 latent
-    dimensions, the scatter of E_q[z | x, y] (what the code holds besides the class)."""
+    """(file name, figure) for every figure of a model that decodes under a discrete value: samples, samples
+    per value, and with the test labels: reconstructions, style transfer and, for 2 or 3 latent
+    dimensions, the scatter of the posterior means (what the code holds besides the value)."""
+    names = class_names if model.takes_labels else None  # a discrete latent's categories are not the classes
     yield "samples.png", prior_samples(model, n=100, seed=seed)
-    yield "class_samples.png", class_samples(model, seed=seed, class_names=class_names)
+    yield "class_samples.png", class_samples(model, seed=seed, class_names=names)
     if labels is None:
         return  # a conditional model encodes only under a label
     y = torch.as_tensor(labels).long()
-    yield "reconstructions.png", reconstructions(model.condition(y[:10]), x[:10], n=10)
-    yield "style_transfer.png", style_transfer(model, x, y, class_names=class_names)
+    yield "reconstructions.png", reconstructions(_view(model, x[:10], y[:10]), x[:10], n=10)
+    yield "style_transfer.png", style_transfer(model, x, y, class_names=names)
     d = model.latent_dim
     if d in (2, 3):
         means = encode_means_conditioned(model, x, y)

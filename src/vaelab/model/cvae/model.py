@@ -15,19 +15,16 @@ Training and evaluation hand the batch's labels in through ``Context.labels``. `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.distributions import Distribution
-from torch.nn import functional as F
 
 from vaelab.errors import VaelabError
 from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
+from vaelab.model.conditioning import DiscreteInput, Labels
 from vaelab.model.vae import kl_and_sample
 
-Labels = torch.Tensor | int | None
-_PASS_LABELS = "pass labels=..., or use model.condition(labels)"
 _BATCH_LABELS = "the batches carry none (a data set without labels cannot train or evaluate it)"
 
 
@@ -38,8 +35,9 @@ def _no_unlabelled_posterior(x: torch.Tensor) -> Distribution:
     )
 
 
-class CVAE(LatentVariableModel):
+class CVAE(DiscreteInput, LatentVariableModel):
     family = "cvae"
+    takes_labels = True
 
     def __init__(
         self,
@@ -65,36 +63,12 @@ class CVAE(LatentVariableModel):
     def networks(self) -> list[nn.Module]:
         return [self.encoder, self.decoder]
 
-    # ---------------------------------------------------------------------------------- labels
-
-    def check_labels(self, labels: Labels, n: int, what: str, missing: str = _PASS_LABELS) -> torch.Tensor:
-        """``labels`` as n int64 class indices (a single label is repeated), or one line saying what is wrong."""
-        if labels is None:
-            raise VaelabError(f"the cvae model {what} under a label (0 to {self.classes - 1}): {missing}")
-        labels = torch.as_tensor(labels)
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise VaelabError(f"labels must be integer class indices, got {labels.dtype}")
-        if labels.dim() == 0:
-            labels = labels.expand(n)
-        if labels.shape != (n,):
-            raise VaelabError(f"{tuple(labels.shape)} labels for {n} examples; give one label, or one per example")
-        outside = labels[(labels < 0) | (labels >= self.classes)]
-        if len(outside):
-            raise VaelabError(
-                f"label {int(outside[0])} is not a class of this model: its labels are 0 to {self.classes - 1} "
-                f"(model.classes = {self.classes})"
-            )
-        return labels.long()
-
-    def _one_hot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(labels.to(like.device), self.classes).to(like.dtype)
-
     # ------------------------------------------------------------------------------ distributions
 
     def q_z(self, x: torch.Tensor, labels: torch.Tensor) -> Distribution:
         """q(z | x, y): the label as K constant channels beside the image."""
         _, h, w = self.image_shape
-        channels = self._one_hot(labels, x)[:, :, None, None].expand(-1, -1, h, w)
+        channels = self.one_hot(labels, x)[:, :, None, None].expand(-1, -1, h, w)
         return self.posterior(self.run_network(self.encoder, torch.cat([x, channels], 1)))
 
     def p_z(self) -> Distribution:
@@ -103,7 +77,7 @@ class CVAE(LatentVariableModel):
     def p_x(self, z: torch.Tensor, labels: torch.Tensor) -> Distribution:
         """p(x | z, y); ``z`` may carry leading sample dimensions (S x B x d), which are kept."""
         lead = z.shape[:-1]
-        code = torch.cat([z, self._one_hot(labels, z).expand(*lead, -1)], -1)
+        code = torch.cat([z, self.one_hot(labels, z).expand(*lead, -1)], -1)
         out = self.run_network(self.decoder, code.reshape(-1, code.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
@@ -170,60 +144,3 @@ class CVAE(LatentVariableModel):
     def reconstruct(self, x: torch.Tensor, labels: Labels = None) -> torch.Tensor:
         labels = self.check_labels(labels, len(x), "reconstructs an image")
         return self.decode(self.encode(x, labels), labels)
-
-    def condition(self, labels: torch.Tensor | int) -> Conditioned:
-        """This model with ``labels`` fixed (one for every example, or one per example)."""
-        labels = torch.as_tensor(labels)
-        self.check_labels(labels, len(labels) if labels.dim() else 1, "is conditioned")
-        return Conditioned(self, labels)
-
-
-class Conditioned(LatentVariableModel):
-    """A conditional model whose labels are fixed: the plain protocol, for code that knows nothing of labels.
-
-    A single label applies to any number of examples; a vector of labels, to calls of exactly that many.
-    """
-
-    def __init__(self, model: CVAE, labels: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.labels = labels.long()
-        self.family, self.latent_dim, self.image_shape, self.classes = (
-            model.family,
-            model.latent_dim,
-            model.image_shape,
-            model.classes,
-        )
-        self.prior = model.prior  # what the figures draw beside the codes
-
-    def _rows(self, n: int) -> torch.Tensor:
-        return self.model.check_labels(self.labels, n, "is conditioned")
-
-    def networks(self) -> list[nn.Module]:
-        return self.model.networks()
-
-    def p_z(self) -> Distribution:
-        return self.model.p_z()
-
-    def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
-        return self.model.elbo(x, replace(ctx, labels=self._rows(len(x))))
-
-    def log_weights(
-        self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> LogWeights:
-        return self.model.log_weights(x, k, replace(ctx, labels=self._rows(len(x))), dreg_path)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(x, self._rows(len(x)))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z, self._rows(len(z)))
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.model.sample(n, generator, self._rows(n))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.reconstruct(x, self._rows(len(x)))
-
-    def condition(self, labels: torch.Tensor | int) -> Conditioned:
-        return self.model.condition(labels)
