@@ -36,10 +36,11 @@ SCATTER = 300
 
 @pytest.fixture(scope="module")
 def served():
-    models = load_models(pretrained=["seed-2d", "seed-3d", "seed-correlated", "burda-vae"], scatter_limit=SCATTER)
+    models = load_models(pretrained=["seed-2d", "seed-3d", "burda-vae"], scatter_limit=SCATTER)
     torch.manual_seed(0)
-    mog = build_model(ModelConfig(arch="mlp", hidden=[16], latent_dim=2, prior="mog"), (1, 28, 28))
-    models["mog"] = prepare("mog", mog, "test", "mnist", scatter_limit=100)
+    for prior in ("correlated", "mog"):  # untrained: only their priors' geometry is looked at
+        model = build_model(ModelConfig(arch="mlp", hidden=[16], latent_dim=2, prior=prior), (1, 28, 28))
+        models[prior] = prepare(prior, model, "test", "mnist", scatter_limit=100)
     return models
 
 
@@ -76,7 +77,7 @@ def test_models_lists_every_served_model(client):
     r = client.get("/api/models")
     assert r.status_code == 200
     models = {m["name"]: m for m in r.json()["models"]}
-    assert list(models) == ["seed-2d", "seed-3d", "seed-correlated", "burda-vae", "mog"]
+    assert list(models) == ["seed-2d", "seed-3d", "burda-vae", "correlated", "mog"]
     assert models["seed-2d"]["latent_dim"] == 2 and models["seed-3d"]["latent_dim"] == 3
     assert models["burda-vae"]["latent_dim"] == 50
     assert models["seed-2d"]["image_shape"] == [1, 28, 28]
@@ -88,7 +89,7 @@ def test_models_lists_every_served_model(client):
 def test_prior_geometry(client):
     standard = client.get("/api/models/seed-2d/prior").json()
     assert standard["kind"] == "gaussian" and standard["cov"] == [[1.0, 0.0], [0.0, 1.0]]
-    correlated = client.get("/api/models/seed-correlated/prior").json()
+    correlated = client.get("/api/models/correlated/prior").json()
     assert correlated["kind"] == "gaussian" and correlated["cov"][0][1] == pytest.approx(0.8, abs=1e-5)
     mixture = client.get("/api/models/mog/prior").json()
     assert mixture["kind"] == "density" and [c["mass"] for c in mixture["contours"]] == ["39%", "86%"]
@@ -159,10 +160,10 @@ def test_mnist_layout_centres_and_fits_the_ink():
 
 
 def test_sample_is_seeded(client):
-    status, a = post(client, "/api/models/seed-correlated/sample", {"n": 4, "seed": 7})
+    status, a = post(client, "/api/models/correlated/sample", {"n": 4, "seed": 7})
     assert status == 200 and len(a["images"]) == 4 and np.asarray(a["z"]).shape == (4, 2)
-    assert post(client, "/api/models/seed-correlated/sample", {"n": 4, "seed": 7})[1] == a
-    assert post(client, "/api/models/seed-correlated/sample", {"n": 4, "seed": 8})[1] != a
+    assert post(client, "/api/models/correlated/sample", {"n": 4, "seed": 7})[1] == a
+    assert post(client, "/api/models/correlated/sample", {"n": 4, "seed": 8})[1] != a
 
 
 def test_grid_and_cross_section(client, served):
