@@ -161,6 +161,11 @@ def test_page_in_a_browser(server, browser, tmp_path):
     )
     assert red[0] > 180 and red[1] < 80 and red[2] < 80, red
 
+    # a traversal of z2 in the 3-D model from its last decoded point
+    driver.execute_script("arguments[0].value = '2';", panel(driver, 1).find_element(By.CSS_SELECTOR, ".traverse-dim"))
+    panel(driver, 1).find_element(By.CSS_SELECTOR, ".traverse-button").click()
+    wait(driver, lambda d: len(panel(d, 1).find_elements(By.CSS_SELECTOR, ".traversal img")) == 13, what="traversal")
+
     # a few prior samples, and the pointer back over the 2-D plot for the picture
     panel(driver, 0).find_element(By.CSS_SELECTOR, ".sample-button").click()
     wait(driver, lambda d: len(panel(d, 0).find_elements(By.CSS_SELECTOR, ".samples img")) == 16, what="samples")

@@ -84,6 +84,7 @@ class Panel {
     this.plot.addEventListener("click", (e) => this.onClick(e));
     this.el(".clear-pins").addEventListener("click", () => { this.pins = []; this.updatePins(); });
     this.el(".sample-button").addEventListener("click", () => this.sample());
+    this.el(".traverse-button").addEventListener("click", () => this.traverse());
     this.el(".model-select").addEventListener("change", (e) => this.setModel(e.target.value));
     this.setupRotation();
   }
@@ -129,6 +130,11 @@ class Panel {
     this.setView();
     this.updatePins();
     this.el(".samples").textContent = "";
+    this.el(".traversal").textContent = "";
+    const traverse = this.el(".traverse-dim");
+    traverse.textContent = "";
+    for (let k = 0; k < d; k++) traverse.add(new Option("z" + k, String(k)));
+    this.lastZ = null;
     this.el(".drawn-recon").removeAttribute("src");
     this.el(".drawn-text").textContent = "draw a digit";
     if (state.drawing) this.encode(state.drawing);
@@ -476,6 +482,7 @@ class Panel {
       .then((out) => {
         if (model !== this.info.name) return;
         this.el("img.decoded").src = png(out.images[0]);
+        this.lastZ = z;
         this.el(".decoded-z").textContent = "z = (" + z.slice(0, 6).map(fmt).join(", ") + (z.length > 6 ? ", …)" : ")");
         this.decodes += 1;
         this.root.dataset.decodes = String(this.decodes);
@@ -520,6 +527,31 @@ class Panel {
       }
     } catch (err) {
       this.status(err.message, true);
+    }
+  }
+
+  async traverse() {
+    // one latent dimension swept over the prior's ±3σ, the others held at the last decoded point
+    const k = Number(this.el(".traverse-dim").value);
+    const base = this.lastZ || this.toLatent(0, 0);
+    const prior = this.info.prior;
+    const centre = prior.loc ? prior.loc[k] : 0;
+    const sd = prior.cov ? Math.sqrt(prior.cov[k][k]) : 1;
+    const z = Array.from({ length: 13 }, (_, i) => base.map((x, j) => (j === k ? centre + sd * (-3 + i / 2) : x)));
+    try {
+      const out = await api(`models/${encodeURIComponent(this.info.name)}/decode`, { z });
+      this.showStrip(this.el(".traversal"), out.images);
+    } catch (err) {
+      this.status(err.message, true);
+    }
+  }
+
+  showStrip(strip, images) {
+    strip.textContent = "";
+    for (const image of images) {
+      const img = new Image();
+      img.src = png(image);
+      strip.appendChild(img);
     }
   }
 
