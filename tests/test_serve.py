@@ -439,3 +439,12 @@ def test_serve_a_run_directory_in_two_workers(cli_env, trained_run):
     time.sleep(0.5)
     with pytest.raises(OSError):  # the forked worker went with it: nothing listens any more
         urllib.request.urlopen(url + "api/models", timeout=5)
+
+
+def test_a_bug_is_a_500_with_a_json_body(client, served, monkeypatch):
+    def broken(z):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(served["seed-2d"], "decode", broken)
+    status, out = post(client, "/api/models/seed-2d/decode", {"z": [[0, 0]]})
+    assert status == 500 and out["error"].startswith("internal error (RuntimeError)")

@@ -8,8 +8,6 @@ disk: the page's files and the API page's assets are read into memory at start.
 from __future__ import annotations
 
 import json
-import sys
-import traceback
 from collections.abc import Mapping
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -184,8 +182,7 @@ def create_app(models: Mapping[str, ServedModel]) -> FastAPI:
         return _error(422, " ".join(str(exc).split()))
 
     @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        traceback.print_exception(exc, file=sys.stderr)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:  # Starlette re-raises it: the server logs it
         return _error(500, f"internal error ({type(exc).__name__}); the server's log has the traceback")
 
     def model(name: str) -> ServedModel:
