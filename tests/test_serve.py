@@ -353,7 +353,7 @@ def test_model_without_closed_form_posterior_cannot_encode(mnist):
     assert not served.can_encode and served.scatter.note
     with TestClient(create_app({"iaf": served})) as c:
         status, out = post(c, "/api/models/iaf/encode", {"image": [[0.0] * 28] * 28})
-        assert status == 422 and "closed-form" in out["error"]
+        assert status == 422 and "no closed-form mean and scale" in out["error"]
         assert post(c, "/api/models/iaf/decode", {"z": [[0, 0]]})[0] == 200
 
 

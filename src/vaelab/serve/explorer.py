@@ -21,7 +21,8 @@ from vaelab.model.base import LatentVariableModel
 
 SCATTER_LIMIT = 5000  # test images whose latent means the scatter shows
 SCATTER_SEED = 0  # which ones: a fixed permutation, the same for every model on the same data set
-CONTOUR_MASSES = (0.393, 0.865)  # the mass inside a 2-D Gaussian's 1σ and 2σ ellipses
+CONTOUR_MASSES = (0.393, 0.865)
+NO_POSTERIOR = "its posterior is not shown from an image alone (no closed-form mean and scale, or it needs a label)"  # the mass inside a 2-D Gaussian's 1σ and 2σ ellipses
 
 
 @dataclass
@@ -78,7 +79,7 @@ class ServedModel:
         """Posterior mean, per-dimension scale and covariance of q(z|x) for images ``x`` (N x C x H x W),
         and the reconstruction decoded from the mean."""
         if not self.can_encode:
-            raise VaelabError(f"{self.name}'s posterior has no closed-form mean and scale to show")
+            raise VaelabError(f"{self.name}: {NO_POSTERIOR}")
         with torch.inference_mode():
             q = self.model.q_z(x.float())
             mean, scale = q.mean, q.stddev
@@ -128,7 +129,7 @@ def prepare(
     can_encode = _can_encode(model)
     scatter = _scatter(model, dataset, data_dir, scatter_limit) if can_encode else _no_scatter(dataset, "")
     if not can_encode:
-        scatter.note = "the posterior has no closed-form mean"
+        scatter.note = NO_POSTERIOR
     metrics = {k: float(v) for k, v in (test_metrics or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
     return ServedModel(name, model, source, scatter, _prior_drawing(model, scatter), can_encode, metrics)
 
@@ -140,7 +141,7 @@ def _can_encode(model: LatentVariableModel) -> bool:
         with torch.inference_mode():
             q = model.q_z(torch.zeros(1, *model.image_shape))
             q.mean, q.stddev  # noqa: B018  (a posterior without closed forms raises here)
-    except (NotImplementedError, VaelabError, AttributeError):
+    except Exception:  # no closed forms (NotImplementedError), or an encoder that needs more than an image
         return False
     return True
 
@@ -161,9 +162,12 @@ def _scatter(model: LatentVariableModel, dataset: str, data_dir: str | None, lim
     indices = order[: min(limit, total)].sort().values
     x, labels = data.x_test[indices], data.y_test[indices]
     means = []
-    with torch.inference_mode():
-        for start in range(0, len(x), 500):
-            means.append(model.q_z(to_unit_float(x[start : start + 500])).mean.float())
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(x), 500):
+                means.append(model.q_z(to_unit_float(x[start : start + 500])).mean.float())
+    except Exception as err:  # a family whose encoder needs more than the images
+        return _no_scatter(dataset, f"the test images could not be encoded ({type(err).__name__}: {err})")
     z = torch.cat(means) if means else torch.zeros(0, model.latent_dim)
     return Scatter(
         z.numpy().astype(np.float32),
