@@ -56,8 +56,10 @@ def exported(tmp_path_factory):
 
 @pytest.mark.parametrize("name", pretrained.available())
 def test_every_shipped_model_round_trips_through_onnxruntime(name, exported):
-    files = {part: exported(name, part).path for part in ("encoder", "decoder")}
     fresh = pretrained.load(name)  # an independent copy of the model to compare with
+    if not fresh.can("export_part"):
+        pytest.skip(f"the {fresh.family} family's networks take a label beside their input; vaelab export refuses it")
+    files = {part: exported(name, part).path for part in ("encoder", "decoder")}
     x = torch.rand(5, *fresh.image_shape, generator=torch.Generator().manual_seed(1))
     mean, scale = fresh.features(x)
     got_mean, got_scale = _session(files["encoder"]).run(["mean", "scale"], {"x": x.numpy()})

@@ -236,7 +236,8 @@ RunDirArg = Annotated[Path | None, typer.Argument(help="A run directory (or use 
 PretrainedOpt = Annotated[
     str | None,
     typer.Option(
-        "--pretrained", help="A model shipped with vaelab: seed-2d, seed-3d, seed-correlated, burda-vae, burda-iwae."
+        "--pretrained",
+        help="A model shipped with vaelab: seed-2d, seed-3d, seed-correlated, burda-vae, burda-iwae, cvae-2d.",
     ),
 ]
 
@@ -439,7 +440,7 @@ def reproduce(
     name: Annotated[
         str,
         typer.Argument(
-            help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling, burda-vae, burda-iwae."
+            help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling, burda-vae, burda-iwae, cvae-2d."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run directories.")] = Path("runs"),
