@@ -18,7 +18,7 @@ def test_list_json_prints_every_registry(run_cli):
     result = run_cli("list", "--json")
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
-    assert set(listing) == {*ALL, "datasets"}
+    assert set(listing) == {*ALL, "datasets", "experiments"}
     for kind, registry in ALL.items():
         # as sets: this process's registration order follows its imports, the listing's a fresh process's
         assert sorted(entry["name"] for entry in listing[kind]) == sorted(registry.names())
@@ -26,6 +26,7 @@ def test_list_json_prints_every_registry(run_cli):
     assert {"conv", "dense", "mlp"} <= {e["name"] for e in listing["architectures"]}
     assert {"elbo", "iwae"} <= {e["name"] for e in listing["objectives"]}
     assert "mnist" in {e["name"] for e in listing["datasets"]}
+    assert {"burda-iwae", "families-vamp-data-mean", "families"} <= {e["name"] for e in listing["experiments"]}
 
 
 def test_an_unknown_name_is_an_error_naming_the_known_ones():

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vaelab.errors import VaelabError
+from vaelab.pretrained import available as pretrained_names
 
 app = typer.Typer(
     add_completion=False,
@@ -237,7 +238,7 @@ PretrainedOpt = Annotated[
     str | None,
     typer.Option(
         "--pretrained",
-        help="A model shipped with vaelab: seed-2d, seed-3d, seed-correlated, burda-vae, burda-iwae, cvae-2d.",
+        help=f"A model shipped with vaelab: {', '.join(pretrained_names())}.",
     ),
 ]
 
@@ -440,7 +441,7 @@ def reproduce(
     name: Annotated[
         str,
         typer.Argument(
-            help="seed (all three), seed-2d, seed-3d, seed-correlated, seed-correlated-study-sampling, burda-vae, burda-iwae, cvae-2d."
+            help="An experiment (seed-2d, burda-iwae, families-vamp, ...) or a group (seed, families, families-data-mean); `vaelab list` names them all."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run directories.")] = Path("runs"),
@@ -574,12 +575,15 @@ def bench(
 def list_registered(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Every registered architecture, posterior, prior, likelihood, activation, objective and data set."""
+    """Every registered model family, architecture, posterior, prior, likelihood, activation, objective, data set,
+    and the experiments `vaelab reproduce` runs."""
     from vaelab.core.registry import ALL
     from vaelab.data import describe_datasets
+    from vaelab.experiments import describe_experiments
 
     listing = {kind: registry.describe() for kind, registry in ALL.items()}
     listing["datasets"] = [{"name": row["name"], "summary": row["description"]} for row in describe_datasets(None)]
+    listing["experiments"] = [{"name": name, "summary": summary} for name, summary in describe_experiments()]
     if as_json:
         print(json.dumps(listing))
         return
@@ -604,7 +608,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--pretrained",
-            help="A shipped model (repeatable): seed-2d, seed-3d, seed-correlated, burda-vae, burda-iwae.",
+            help=f"A shipped model (repeatable): {', '.join(pretrained_names())}.",
         ),
     ] = None,
     host: Annotated[

@@ -287,6 +287,13 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
+def describe_experiments() -> list[tuple[str, str]]:
+    """(name, title) of every experiment, then every group with its members."""
+    return [(e.name, e.title) for e in EXPERIMENTS.values()] + [
+        (group, "group: " + ", ".join(members)) for group, members in GROUPS.items()
+    ]
+
+
 def expand(name: str) -> tuple[str, ...]:
     """The experiments a name stands for: a group's members, or the one experiment."""
     if name in GROUPS:

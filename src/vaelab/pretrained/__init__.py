@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaelab.errors import VaelabError
-from vaelab.model import VAE, load_model
+
+if TYPE_CHECKING:
+    from vaelab.model import VAE
 
 
 def directory() -> Path:
@@ -32,5 +35,7 @@ def path(name: str) -> Path:
 
 def load(name: str) -> VAE:
     """The pretrained model, in eval mode on the CPU."""
+    from vaelab.model import load_model  # here, so that the names are listed without importing torch
+
     model, _, _ = load_model(path(name))
     return model
