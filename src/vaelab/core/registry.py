@@ -24,7 +24,7 @@ BUILTIN_MODULES = (
     "vaelab.distributions",
     "vaelab.nets",
     "vaelab.model.objectives",
-    "vaelab.model.build",
+    "vaelab.model.vae",
     "vaelab.model.cvae",
     "vaelab.model.gumbel",
 )

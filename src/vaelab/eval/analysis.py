@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vaelab.data.batches import Batches
-from vaelab.model.vae import VAE
+from vaelab.model.base import LatentVariableModel
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 COLLAPSE_KL_THRESHOLD = 0.01  # nats per dimension
@@ -29,7 +29,7 @@ PROBE_TRAIN_LIMIT = 10_000
 
 
 @torch.no_grad()
-def latent_means(model: VAE, batches: Batches) -> torch.Tensor:
+def latent_means(model: LatentVariableModel, batches: Batches) -> torch.Tensor:
     """E_q[z | x] for every image of ``batches``, in order (E_q[z | x, y] for a conditional family)."""
     model.eval()
     if model.takes_labels:
@@ -107,7 +107,9 @@ def silhouette(means: torch.Tensor, labels: torch.Tensor) -> float:
     return float(silhouette_score(means.numpy().astype(np.float64), labels.numpy()))
 
 
-def latent_analysis(model: VAE, train: Batches, test: Batches, k: int = 5) -> dict[str, float | int | list[float]]:
+def latent_analysis(
+    model: LatentVariableModel, train: Batches, test: Batches, k: int = 5
+) -> dict[str, float | int | list[float]]:
     """Active units, kNN accuracy and silhouette of one model, from its train and test latent means."""
     train_means, test_means = latent_means(model, train), latent_means(model, test)
     count, variances = active_units(test_means)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 
 from vaelab.data.batches import Batches
-from vaelab.model.base import Context
+from vaelab.model.base import Context, LatentVariableModel
 from vaelab.model.objectives import ELBO
-from vaelab.model.vae import VAE
 
 EVAL_SEED_OFFSET = 10_000  # evaluation noise is seeded apart from the training stream
 
@@ -22,7 +21,7 @@ def evaluation_seed(train_seed: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_elbo(model: VAE, batches: Batches, seed: int = 0) -> dict[str, float | list[float]]:
+def evaluate_elbo(model: LatentVariableModel, batches: Batches, seed: int = 0) -> dict[str, float | list[float]]:
     """Average -ELBO (total), reconstruction and KL per image; KL per latent dimension if it factorises."""
     objective = ELBO()
     was_training = model.training

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vaelab.errors import VaelabError
-from vaelab.model.vae import VAE
+from vaelab.model.base import LatentVariableModel
 
 NOT_FID_NOTE = (
     "Fréchet distance in the feature space of vaelab's own MNIST classifier (128-d); "
@@ -77,7 +77,7 @@ def frechet_distance_of_features(a: torch.Tensor | np.ndarray, b: torch.Tensor |
 
 
 @torch.no_grad()
-def prior_samples(model: VAE, n: int, seed: int = 0, chunk: int = SAMPLE_CHUNK) -> torch.Tensor:
+def prior_samples(model: LatentVariableModel, n: int, seed: int = 0, chunk: int = SAMPLE_CHUNK) -> torch.Tensor:
     """Mean images decoded from ``n`` prior draws, ``chunk`` at a time (deterministic for a seed)."""
     was_training = model.training
     model.eval()
@@ -89,7 +89,7 @@ def prior_samples(model: VAE, n: int, seed: int = 0, chunk: int = SAMPLE_CHUNK) 
 
 
 def sample_frechet_distance(
-    model: VAE,
+    model: LatentVariableModel,
     reference_images: torch.Tensor,
     n: int = 10_000,
     seed: int = 0,

@@ -52,7 +52,7 @@ from vaelab.eval.clustering import best_match_accuracy, discrete_codes
 from vaelab.eval.conditional import label_accuracy
 from vaelab.eval.frechet import NOT_FID_NOTE, sample_frechet_distance
 from vaelab.io import atomic_write_text
-from vaelab.model.vae import VAE
+from vaelab.model.base import LatentVariableModel
 from vaelab.runs import RunDir
 
 FRECHET_SAMPLES = 10_000
@@ -73,7 +73,7 @@ def frechet_applicable(dataset: ImageDataset) -> str | None:
 
 
 def evaluate_model(
-    model: VAE,
+    model: LatentVariableModel,
     dataset: ImageDataset,
     train: Batches,
     test: Batches,

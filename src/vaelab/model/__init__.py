@@ -1,10 +1,10 @@
 """The model: a VAE composed from nets and distributions, its objectives, and its files."""
 
 from vaelab.model.base import Context, LatentVariableModel, Shard, Terms, Unsupported
-from vaelab.model.build import build_model, build_vae
+from vaelab.model.build import build_model
 from vaelab.model.objectives import ELBO, IWAE, make_objective
 from vaelab.model.store import load_model, save_model
-from vaelab.model.vae import VAE
+from vaelab.model.vae import VAE, build_vae
 
 __all__ = [
     "ELBO",

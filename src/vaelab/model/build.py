@@ -1,6 +1,8 @@
-"""Build a VAE from a :class:`~vaelab.config.ModelConfig`, one registry per slot (``vaelab.core.registry``).
+"""Build the model a :class:`~vaelab.config.ModelConfig` names: its family's registered builder
+(``vaelab.core.registry.FAMILIES``), and the memory check the families that compose the registries'
+slots (architecture, posterior, prior, likelihood) share.
 
-Adding a variant means registering it where it is defined; nothing here changes.
+Adding a family or a variant means registering it where it is defined; nothing here changes.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from vaelab.core.memory import require_memory
 from vaelab.core.registry import ARCHITECTURES, FAMILIES, LIKELIHOODS, POSTERIORS, PRIORS
 from vaelab.errors import VaelabError
 from vaelab.model.base import LatentVariableModel
-from vaelab.model.vae import VAE
-from vaelab.nets.accel import accelerate
 
 ImageShape = tuple[int, int, int]
 _SIZE_KEYS = "model.latent_dim, model.hidden or train.batch_size"
@@ -68,20 +68,3 @@ def build_model(config: ModelConfig, image_shape: ImageShape, batch: int = 1) ->
     """The model of the family ``config.family`` names, as its registered builder makes it."""
     config.validate()
     return FAMILIES.get(config.family)(config, image_shape, batch)
-
-
-@FAMILIES.register("vae", "one latent layer: encoder -> posterior, prior, decoder -> likelihood (model.*)")
-def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> VAE:
-    """The model ``config`` names, each slot taken from its registry; refused first if training it on
-    ``batch`` images at a time (times importance samples) would not fit in memory."""
-    config.validate()
-    check_memory(config, image_shape, batch)
-    prior = PRIORS.get(config.prior)(config, image_shape)
-    posterior = POSTERIORS.get(config.posterior)(config, prior)
-    likelihood = LIKELIHOODS.get(config.likelihood)(config, image_shape)
-    encoder, decoder = ARCHITECTURES.get(config.arch)(
-        config, image_shape, posterior.param_size(config.latent_dim), image_shape[0] * likelihood.params_per_channel
-    )
-    # this CPU's measured speed choices (layout, fused kernels), applied from outside the networks
-    encoder, decoder = accelerate(encoder), accelerate(decoder)
-    return VAE(encoder, posterior, prior, decoder, likelihood, config.latent_dim, image_shape)
