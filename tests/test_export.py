@@ -196,3 +196,18 @@ def test_example_decodes_a_grid_without_torch(exported, tmp_path, monkeypatch, c
     monkeypatch.setattr(sys, "argv", ["example", str(decoder.path), str(png), "--n", "4"])
     runpy.run_path(str(ROOT / "examples" / "onnx_decode_grid.py"), run_name="__main__")
     assert png.read_bytes().startswith(b"\x89PNG") and "decoded 16 codes" in capsys.readouterr().out
+
+
+def test_example_probe_reads_encode_npz_and_learns_the_labels(monkeypatch, capsys, tmp_path):
+    """examples/features_probe.py on `vaelab encode` .npz files: the probe learns the labels from the features."""
+    out = tmp_path / "test.npz"
+    result = _main(monkeypatch, capsys, "encode", "--pretrained", "seed-2d", "--split", "test", "--out", out)
+    assert result.returncode == 0, result.stderr
+    probe = runpy.run_path(str(ROOT / "examples" / "features_probe.py"))
+    accuracy = probe["probe_accuracy"](str(out), str(out), limit=5000)  # chance is about 10%
+    assert accuracy > 0.5
+    with np.load(out) as archive:  # labels shuffled: nothing to learn
+        shuffled = tmp_path / "shuffled.npz"
+        labels = np.random.default_rng(0).permutation(archive["label"])
+        np.savez(shuffled, mean=archive["mean"], scale=archive["scale"], label=labels)
+    assert probe["probe_accuracy"](str(shuffled), str(shuffled), limit=5000) < 0.3
