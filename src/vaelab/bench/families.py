@@ -15,7 +15,6 @@ either runs, so the plain loop gets it too; it does not measurably change MLP mo
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import torch
 
 from vaelab.allocator import retain_freed_memory
 from vaelab.bench import reference_families as plain
-from vaelab.bench.suite import Plan, Progress, cpu_description, vaelab_train_step
+from vaelab.bench.suite import Plan, Progress, closing_lines, cpu_description, vaelab_train_step
 from vaelab.bench.timing import Budget, Window, best_rate, timed_windows
 from vaelab.config import ModelConfig
 from vaelab.data import Batches, load_dataset
@@ -207,12 +206,4 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {name} | {row['kind']} | {row['data']} | {row['images_per_second']:.0f} "
             f"| {row['reference_images_per_second']:.0f} | {row['speedup_vs_reference']:.2f}x |"
         )
-    for name, reason in results.get("skipped", {}).items():
-        lines.append(f"- skipped: {name}: {reason}")
-    if "bench_seconds" in results:
-        lines.append(f"- this benchmark took {results['bench_seconds']:.0f} s")
-    return "\n".join(lines)
-
-
-def to_json(results: dict[str, Any]) -> str:
-    return json.dumps(results)
+    return "\n".join(lines + closing_lines(results))

@@ -543,11 +543,15 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("- NLL estimator: not installed")
     if "training_peak_memory_mb" in results:
         lines.append(f"- peak resident memory of `vaelab train` on MNIST: {results['training_peak_memory_mb']:.0f} MB")
-    for what, reason in results.get("skipped", {}).items():
-        lines.append(f"- skipped: {what}: {reason}")
+    return "\n".join(lines + closing_lines(results))
+
+
+def closing_lines(results: dict[str, Any]) -> list[str]:
+    """What a benchmark's table ends with: what it skipped and why, and how long it took."""
+    lines = [f"- skipped: {what}: {reason}" for what, reason in results.get("skipped", {}).items()]
     if "bench_seconds" in results:
         lines.append(f"- this benchmark took {results['bench_seconds']:.0f} s")
-    return "\n".join(lines)
+    return lines
 
 
 def to_json(results: dict[str, Any]) -> str:

@@ -553,22 +553,18 @@ def bench(
         return bench_latency(models, quick, as_json)
     if models:
         raise VaelabError("--pretrained goes with --latency")
+    from vaelab.bench import suite
+
     if families:
         from vaelab.bench import families as family_bench
 
-        results = family_bench.run(quick=quick, threads=threads)
-        if as_json:
-            print(family_bench.to_json(results))
-        else:
-            console.print(family_bench.markdown(results))
-        return
-    from vaelab.bench import suite
-
-    results = suite.run(quick=quick, memory=memory, compile=compile, threads=threads)
+        results, markdown = family_bench.run(quick=quick, threads=threads), family_bench.markdown
+    else:
+        results, markdown = suite.run(quick=quick, memory=memory, compile=compile, threads=threads), suite.markdown
     if as_json:
         print(suite.to_json(results))
     else:
-        console.print(suite.markdown(results))
+        console.print(markdown(results))
 
 
 @app.command("list")
