@@ -254,7 +254,9 @@ def test_sizes_are_compared_with_the_memory_available(tmp_path, monkeypatch):
     assert load_dataset(str(tmp_path / "big.npz")).x_train.shape[0] == 3000
     # the same files on a machine with 1 MiB free: refused before reading, saying what is available
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1 << 20))
-    with pytest.raises(VaelabError, match=r"big.npz: x_train .* would need about 2.2 MiB of memory; only 1.0 MiB is available"):
+    with pytest.raises(
+        VaelabError, match=r"big.npz: x_train .* would need about 2.2 MiB of memory; only 1.0 MiB is available"
+    ):
         load_dataset(str(tmp_path / "big.npz"))
     with pytest.raises(VaelabError, match=r"train-images-idx3-ubyte .*of shape \(3000, 28, 28\).* only 1.0 MiB"):
         load_dataset(str(folder), mmap=False)
@@ -486,8 +488,10 @@ def test_batches_carry_their_labels_in_the_order_and_rows_of_their_images():
             if binarize == "none":
                 assert torch.equal(batch.y, (batch.x[:, 0, 0, 0] * 255).round().long() * 7)
             assert len(batch.y) == len(batch.x)
-        halves = [list(split.batches(torch.Generator().manual_seed(1), rows=lambda n, r=r: (r * n // 2, (r + 1) * n // 2)))
-                  for r in (0, 1)]
+        halves = [
+            list(split.batches(torch.Generator().manual_seed(1), rows=lambda n, r=r: (r * n // 2, (r + 1) * n // 2)))
+            for r in (0, 1)
+        ]
         whole = list(split.batches(torch.Generator().manual_seed(1)))
         for a, b, full in zip(*halves, whole):
             assert torch.equal(torch.cat([a.y, b.y]), full.y)  # a process's labels are its rows' labels

@@ -54,7 +54,9 @@ def _plain_torch_layers(model: nn.Module) -> nn.Module:
         for cls in (nn.ConvTranspose2d, nn.Conv2d):
             if isinstance(module, cls):
                 torch_forward = cls.forward.__get__(module)
-                module.forward = (lambda x, f=torch_forward: F.relu(f(x))) if getattr(module, "relu", False) else torch_forward
+                module.forward = (
+                    (lambda x, f=torch_forward: F.relu(f(x))) if getattr(module, "relu", False) else torch_forward
+                )
                 break
     return plain
 

@@ -268,7 +268,9 @@ def speed_choices() -> SpeedChoices:
     path = cache_dir() / f"speed-choices-{cpu.key}.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        _chosen = SpeedChoices(bool(saved["channels_last_bias_apart"]), bool(saved["fused_bf16_relu"]), saved["measured_ms"])
+        _chosen = SpeedChoices(
+            bool(saved["channels_last_bias_apart"]), bool(saved["fused_bf16_relu"]), saved["measured_ms"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         _chosen = measure_speed_choices()
         try:

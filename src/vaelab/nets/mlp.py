@@ -79,7 +79,9 @@ def dense_networks(config, image_shape, encoder_out: int, decoder_out: int) -> t
     )
 
 
-@ARCHITECTURES.register("mlp", "fully connected, model.hidden widths and model.activation (Burda et al.: [200, 200], tanh)")
+@ARCHITECTURES.register(
+    "mlp", "fully connected, model.hidden widths and model.activation (Burda et al.: [200, 200], tanh)"
+)
 def mlp_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tuple[nn.Module, nn.Module]:
     hidden = list(config.hidden)
     return (
