@@ -81,3 +81,11 @@ def kl_terms(q: Distribution, p: Distribution) -> tuple[torch.Tensor, torch.Tens
         per_dim = kl_divergence(q.base_dist, p.base_dist)
         return per_dim.sum(-1), per_dim
     return kl_divergence(q, p), None
+
+
+def kl_and_sample(q, p, z: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Closed-form KL(q || p) where one is registered, else the one-sample estimate log q(z) - log p(z)."""
+    try:
+        return kl_terms(q, p)
+    except NotImplementedError:
+        return log_q - p.log_prob(z), None

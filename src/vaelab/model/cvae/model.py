@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from vaelab.distributions.kl import kl_and_sample
 from vaelab.errors import VaelabError
-from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
+from vaelab.model.base import Context, ElboParts, LogWeights
 from vaelab.model.conditioning import DiscreteInput, Labels
-from vaelab.model.vae import kl_and_sample
+from vaelab.model.slots import SlotModel
 
 _BATCH_LABELS = "the batches carry none (a data set without labels cannot train or evaluate it)"
 
@@ -35,7 +36,7 @@ def _no_unlabelled_posterior(x: torch.Tensor) -> Distribution:
     )
 
 
-class CVAE(DiscreteInput, LatentVariableModel):
+class CVAE(DiscreteInput, SlotModel):
     family = "cvae"
     takes_labels = True
 
@@ -50,18 +51,8 @@ class CVAE(DiscreteInput, LatentVariableModel):
         image_shape: tuple[int, int, int],
         classes: int,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.posterior = posterior
-        self.prior = prior
-        self.decoder = decoder
-        self.likelihood = likelihood
-        self.latent_dim = latent_dim
-        self.image_shape = tuple(image_shape)
+        super().__init__(encoder, posterior, prior, decoder, likelihood, latent_dim, image_shape)
         self.classes = classes
-
-    def networks(self) -> list[nn.Module]:
-        return [self.encoder, self.decoder]
 
     # ------------------------------------------------------------------------------ distributions
 

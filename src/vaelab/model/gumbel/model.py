@@ -25,10 +25,11 @@ from torch import nn
 from torch.distributions import Distribution
 from torch.nn import functional as F
 
+from vaelab.distributions.kl import kl_and_sample
 from vaelab.errors import VaelabError
-from vaelab.model.base import Context, ElboParts, LatentVariableModel
+from vaelab.model.base import Context, ElboParts
 from vaelab.model.conditioning import DiscreteInput, Labels
-from vaelab.model.vae import kl_and_sample
+from vaelab.model.slots import SlotModel
 
 TAU_MIN = 0.5  # Jang et al.'s floor
 ANNEAL_RATE = 1e-4  # per training step; reaches TAU_MIN after ~6,900 steps (16 MNIST epochs at batch 128)
@@ -47,7 +48,7 @@ def gumbel_from_normal(eps: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-class GumbelSoftmaxVAE(DiscreteInput, LatentVariableModel):
+class GumbelSoftmaxVAE(DiscreteInput, SlotModel):
     family = "gumbel"
     condition_name = "category"
 
@@ -62,19 +63,9 @@ class GumbelSoftmaxVAE(DiscreteInput, LatentVariableModel):
         image_shape: tuple[int, int, int],
         categories: int,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.posterior = posterior
-        self.prior = prior
-        self.decoder = decoder
-        self.likelihood = likelihood
-        self.latent_dim = latent_dim
-        self.image_shape = tuple(image_shape)
+        super().__init__(encoder, posterior, prior, decoder, likelihood, latent_dim, image_shape)
         self.classes = categories
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))  # training steps, for the temperature
-
-    def networks(self) -> list[nn.Module]:
-        return [self.encoder, self.decoder]
 
     @property
     def temperature(self) -> float:

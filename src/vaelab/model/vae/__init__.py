@@ -1,6 +1,6 @@
 """The VAE family (``model.family = vae``): one latent layer, encoder -> posterior, prior, decoder -> likelihood."""
 
 from vaelab.model.vae.build import build_vae
-from vaelab.model.vae.model import VAE, kl_and_sample
+from vaelab.model.vae.model import VAE
 
-__all__ = ["VAE", "build_vae", "kl_and_sample"]
+__all__ = ["VAE", "build_vae"]

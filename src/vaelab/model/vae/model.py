@@ -17,44 +17,15 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from vaelab.distributions.kl import kl_terms
+from vaelab.distributions.kl import kl_and_sample
 from vaelab.errors import VaelabError
-from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LatentVariableModel, LogWeights
+from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LogWeights
+from vaelab.model.slots import SlotModel
 from vaelab.nets.accel import PLAIN, accelerate
 
 
-def kl_and_sample(q, p, z: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Closed-form KL(q || p) where one is registered, else the one-sample estimate log q(z) - log p(z)."""
-    try:
-        return kl_terms(q, p)
-    except NotImplementedError:
-        return log_q - p.log_prob(z), None
-
-
-class VAE(LatentVariableModel):
+class VAE(SlotModel):
     family = "vae"
-
-    def __init__(
-        self,
-        encoder: nn.Module,
-        posterior: nn.Module,
-        prior: nn.Module,
-        decoder: nn.Module,
-        likelihood: nn.Module,
-        latent_dim: int,
-        image_shape: tuple[int, int, int],
-    ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.posterior = posterior
-        self.prior = prior
-        self.decoder = decoder
-        self.likelihood = likelihood
-        self.latent_dim = latent_dim
-        self.image_shape = tuple(image_shape)
-
-    def networks(self) -> list[nn.Module]:
-        return [self.encoder, self.decoder]
 
     def q_z(self, x: torch.Tensor) -> Distribution:
         """The approximate posterior q(z | x) for a batch of images."""
