@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from vaelab.distributions.kl import kl_and_sample
 from vaelab.errors import VaelabError
 from vaelab.model.base import Context, ElboParts, LogWeights
 from vaelab.model.conditioning import DiscreteInput, Labels
@@ -76,14 +75,7 @@ class CVAE(DiscreteInput, SlotModel):
 
     def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
         labels = self.check_labels(ctx.labels, len(x), "trains and is evaluated", _BATCH_LABELS)
-        q = self.q_z(x, labels)
-        eps = ctx.noise((len(x), self.latent_dim), x)
-        if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
-            return ElboParts(x.new_zeros(0), x.new_zeros(0))
-        z, log_q = q.reparameterize(eps)
-        reconstruction = -self.p_x(z, labels).log_prob(x)
-        kl, kl_per_dim = kl_and_sample(q, self.p_z(), z, log_q)
-        return ElboParts(reconstruction, kl, kl_per_dim)
+        return self.slot_elbo(x, ctx, self.q_z(x, labels), lambda z: self.p_x(z, labels))
 
     def log_weights(
         self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -91,24 +83,7 @@ class CVAE(DiscreteInput, SlotModel):
         """log p(x|z_i, y) + log p(z_i) - log q(z_i|x, y) for k samples z_i ~ q (k x B), as the VAE's."""
         labels = self.check_labels(ctx.labels, len(x), "is importance-sampled", _BATCH_LABELS)
         q = self.q_z(x, labels).proposal()
-        eps = ctx.noise((k, len(x), self.latent_dim), x)
-        if not len(x):
-            return LogWeights(x.new_zeros(k, 0), ElboParts(x.new_zeros(0), x.new_zeros(0)))
-        z, log_q = q.reparameterize(eps)
-        z_path = z
-        if dreg_path is not None:
-            z_path = dreg_path(z)
-            log_q = q.detached().log_prob(z_path)
-        log_px_z = self.p_x(z_path, labels).log_prob(x)
-        prior = self.p_z()
-        log_w = log_px_z + prior.log_prob(z_path) - log_q
-        kl, kl_per_dim = kl_and_sample(q, prior, z[0].detach(), log_q[0].detach())
-        return LogWeights(log_w, ElboParts(-log_px_z[0], kl, kl_per_dim))
-
-    @torch.no_grad()
-    def init_output_bias(self, mean_image: torch.Tensor) -> None:
-        """The decoder's output bias at the data mean, as the VAE's (``model.decoder_bias = data-mean``)."""
-        self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
+        return self.slot_log_weights(x, k, ctx, q, lambda z: self.p_x(z, labels), dreg_path)
 
     # ----------------------------------------------------------------------- encode, decode, sample
 

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from vaelab.distributions.kl import kl_and_sample
 from vaelab.errors import VaelabError
 from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LogWeights
 from vaelab.model.slots import SlotModel
@@ -42,43 +41,13 @@ class VAE(SlotModel):
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
     def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
-        q = self.q_z(x)
-        eps = ctx.noise((len(x), self.latent_dim), x)
-        if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
-            return ElboParts(x.new_zeros(0), x.new_zeros(0))
-        z, log_q = q.reparameterize(eps)
-        reconstruction = -self.p_x(z).log_prob(x)
-        kl, kl_per_dim = kl_and_sample(q, self.p_z(), z, log_q)
-        return ElboParts(reconstruction, kl, kl_per_dim)
+        return self.slot_elbo(x, ctx, self.q_z(x), self.p_x)
 
     def log_weights(
         self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> LogWeights:
-        """log p(x|z_i) + log p(z_i) - log q(z_i|x) for k samples z_i ~ q (k x B). With ``dreg_path``
-        (the doubly reparameterised gradient) z passes through it and log q is taken with q's
-        parameters held fixed."""
-        q = self.q_z(x).proposal()  # the density its samples follow (the study's sampler's is not its own)
-        eps = ctx.noise((k, len(x), self.latent_dim), x)
-        if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
-            return LogWeights(x.new_zeros(k, 0), ElboParts(x.new_zeros(0), x.new_zeros(0)))
-        z, log_q = q.reparameterize(eps)
-        z_path = z
-        if dreg_path is not None:
-            z_path = dreg_path(z)
-            log_q = q.detached().log_prob(z_path)
-        log_px_z = self.p_x(z_path).log_prob(x)
-        prior = self.p_z()
-        log_w = log_px_z + prior.log_prob(z_path) - log_q
-        kl, kl_per_dim = kl_and_sample(q, prior, z[0].detach(), log_q[0].detach())
-        return LogWeights(log_w, ElboParts(-log_px_z[0], kl, kl_per_dim))
-
-    @torch.no_grad()
-    def init_output_bias(self, mean_image: torch.Tensor) -> None:
-        """Start the decoder's output bias where p(x|z) has mean ``mean_image`` (C x H x W; the conv
-        decoder, with one bias per channel, matches each channel's mean intensity). The net then
-        learns departures from the data mean instead of spending its first steps finding it, which
-        shows in the end result (README, Burda reproductions)."""
-        self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
+        # the proposal: the density its samples follow (the study's sampler's is not its own)
+        return self.slot_log_weights(x, k, ctx, self.q_z(x).proposal(), self.p_x, dreg_path)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
