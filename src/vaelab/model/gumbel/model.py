@@ -107,10 +107,6 @@ class GumbelSoftmaxVAE(DiscreteInput, SlotModel):
         return ElboParts(reconstruction, kl_z + kl_c, None, extra)
 
     @torch.no_grad()
-    def init_output_bias(self, mean_image: torch.Tensor) -> None:
-        self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
-
-    @torch.no_grad()
     def discrete_code(self, x: torch.Tensor) -> torch.Tensor:
         """argmax_c q(c | x) for each image."""
         return self.q(x)[1].argmax(-1)
