@@ -15,7 +15,6 @@ either runs, so the plain loop gets it too; it does not measurably change MLP mo
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -25,7 +24,7 @@ import torch
 
 from vaelab.allocator import retain_freed_memory
 from vaelab.bench import reference_families as plain
-from vaelab.bench.suite import Plan, Progress, closing_lines, cpu_description, vaelab_train_step
+from vaelab.bench.suite import Plan, Progress, closing_lines, machine_description, vaelab_train_step
 from vaelab.bench.timing import Budget, Window, best_rate, timed_windows
 from vaelab.config import ModelConfig
 from vaelab.data import Batches, load_dataset
@@ -167,13 +166,7 @@ def _run(plan: Plan, say: Progress, families: dict[str, Family]) -> dict[str, An
             "speedup_vs_reference": rate / plain_rate,
         }
     return {
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": cpu_description(),
-            "malloc_tuned": malloc_tuned,
-        },
+        "machine": machine_description(malloc_tuned),
         "plan": {"quick": plan is QUICK, "budget": plan.budget, "window": plan.window, "windows": plan.windows},
         "families": rows,
         "skipped": skipped,

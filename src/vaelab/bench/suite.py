@@ -86,6 +86,17 @@ def cpu_description() -> dict[str, Any]:
     return {"model": cpu.model, "extensions": cpu.extensions, "native_bf16": cpu.native_bf16, "amx": cpu.amx}
 
 
+def machine_description(malloc_tuned: bool) -> dict[str, Any]:
+    """What a benchmark's results record of the machine and the process that measured them."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_description(),
+        "malloc_tuned": malloc_tuned,
+    }
+
+
 def matmul_peak(dtype: torch.dtype, seconds: float = 2.0, n: int = 2048) -> Peak:
     """GFLOP/s of an n x n x n matrix product: the best of the products that fit in ``seconds`` (at
     least three). n is halved (down to 256) while a product would take over half of ``seconds`` at
@@ -410,13 +421,7 @@ def _run(plan: Plan, memory: bool, compile: bool, say: Progress, models) -> dict
 
     peak = {p: max(peaks_at_start[p].gflops, peaks_at_end[p].gflops) for p in precisions}
     results: dict[str, Any] = {
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": cpu_description(),
-            "malloc_tuned": malloc_tuned,
-        },
+        "machine": machine_description(malloc_tuned),
         "plan": {"quick": plan is QUICK, **asdict(plan)},
         "peak_gflops": peak,
         "peak_gflops_at_start": {p: v.gflops for p, v in peaks_at_start.items()},
