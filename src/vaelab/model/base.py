@@ -19,6 +19,11 @@ A latent-variable model trained by amortised variational inference offers some o
 * ``discrete_code(x)``: the most probable category of a discrete latent per image (the clustering
   accuracy against the labels).
 
+Every family's ``encode``, ``reconstruct``, ``features``, ``discrete_code`` and ``interpolate`` take images
+as a user has them (:meth:`LatentVariableModel.as_images`: uint8 or float, a batch, one image, or flat
+vectors), coerced once here for every subclass; anything else is refused in one sentence naming the
+shape and dtype wanted.
+
 A capability a family lacks raises :class:`Unsupported` (a VaelabError naming the family and what is
 missing); callers that can skip a step ask :meth:`LatentVariableModel.can` first, and say what they skip.
 
@@ -29,6 +34,7 @@ evaluation can hand in noise it drew itself; the model never knows which.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -111,6 +117,18 @@ class Terms:
 
 
 EXPORT_PARTS = ("encoder", "decoder")
+IMAGE_INPUTS = ("encode", "reconstruct", "features", "discrete_code")  # methods whose first argument is images
+
+
+def _taking_any_images(method: Callable) -> Callable:
+    """``method(self, x, ...)`` with ``x`` coerced by ``self.as_images`` first."""
+
+    @functools.wraps(method)
+    def coerced(self, x, *args, **kwargs):
+        return method(self, self.as_images(x), *args, **kwargs)
+
+    coerced.takes_any_images = True
+    return coerced
 
 
 @dataclass
@@ -142,6 +160,14 @@ class LatentVariableModel(nn.Module):
     classes: int = 0  # a family that can condition: the values it decodes under are 0 .. classes - 1
     takes_labels: bool = False  # the data's labels are an input (Context.labels): a conditional family (cvae)
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # every family gets the same input coercion without writing it: its own methods are wrapped here
+        for name in IMAGE_INPUTS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "takes_any_images", False):
+                setattr(cls, name, _taking_any_images(method))
+
     def __init__(self) -> None:
         super().__init__()
         self.network_dtype: torch.dtype | None = None  # set by the training's precision policy
@@ -151,6 +177,58 @@ class LatentVariableModel(nn.Module):
         """Whether this family implements ``capability`` (a method name of the protocol)."""
         method = getattr(type(self), capability, None)
         return method is not None and method is not getattr(LatentVariableModel, capability, None)
+
+    def as_images(self, x) -> torch.Tensor:
+        """``x`` as the float batch B x C x H x W in [0, 1] on the model's device that the networks take.
+
+        Accepted: a tensor or array of floats in [0, 1] or of uint8 (0 to 255, as data sets hold them);
+        a batch B x C x H x W or B x H x W x C, one image C x H x W (or H x W for one channel), B x H x W
+        for one channel, or flat vectors B x C*H*W. Anything else: one sentence naming what is wanted.
+        """
+        c, h, w = self.image_shape
+        wanted = (
+            f"the {self.family} model takes images as floats in [0, 1] or uint8 (0-255), shaped B x {c} x {h} x {w} "
+            f"(also B x {h} x {w} x {c}, one image {c} x {h} x {w}, or flat vectors B x {c * h * w})"
+        )
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise VaelabError(f"{wanted}; got a {type(x).__name__}") from None
+        got = f"; got {str(x.dtype).removeprefix('torch.')} of shape {tuple(x.shape)}"
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        elif x.dtype == torch.bool or x.is_floating_point():
+            x = x.float()
+        else:
+            raise VaelabError(wanted + got)
+        shape = tuple(x.shape)
+        if shape[1:] == (c, h, w):
+            pass
+        elif len(shape) == 4 and shape[1:] == (h, w, c):  # channels last (Keras, numpy, PIL)
+            x = x.permute(0, 3, 1, 2)
+        elif shape == (c, h, w) or (c == 1 and shape == (h, w)) or shape == (c * h * w,):
+            x = x.reshape(1, c, h, w)
+        elif (c == 1 and len(shape) == 3 and shape[1:] == (h, w)) or (len(shape) == 2 and shape[1] == c * h * w):
+            x = x.reshape(shape[0], c, h, w)
+        else:
+            raise VaelabError(wanted + got)
+        if x.numel() and not (x.min() >= 0 and x.max() <= 1):  # also catches NaN
+            raise VaelabError(f"{wanted}; got values from {x.min().item():g} to {x.max().item():g}")
+        param = next(self.parameters(), None)
+        return x if param is None else x.to(param.device)
+
+    @torch.no_grad()
+    def interpolate(self, x_a, x_b, steps: int = 10) -> torch.Tensor:
+        """Decoded images (steps x C x H x W) along the straight line between the posterior means of two
+        images, both ends included (any family that can encode and decode)."""
+        if steps < 2:
+            raise VaelabError(f"interpolate needs steps >= 2, got {steps}")
+        a, b = self.as_images(x_a), self.as_images(x_b)
+        if len(a) != 1 or len(b) != 1:
+            raise VaelabError(f"interpolate takes one image at each end, got batches of {len(a)} and {len(b)}")
+        z = self.encode(torch.cat([a, b]))
+        t = torch.linspace(0.0, 1.0, steps, device=z.device)[:, None]
+        return self.decode((1 - t) * z[0] + t * z[1])
 
     def _unsupported(self, what: str) -> Unsupported:
         return Unsupported(f"the {self.family} model family has no {what}")
