@@ -80,18 +80,16 @@ class ModelConfig:
     # iaf: units per MADE hidden layer, also the encoder's context size; 0 = max(64, 4 * latent_dim)
     flow_hidden: int = 0
     classes: int = 10  # cvae: the labels it conditions on are 0 .. classes - 1; gumbel: its categories
+    stochastic_layers: list[int] = field(default_factory=list)  # hierarchical: latent sizes, bottom to top
+    layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # hierarchical: MLP widths between layers
+    inference: str = "bottom-up"  # hierarchical: bottom-up (Burda et al.) | ladder (Sønderby et al.)
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
         _one_of("model.family", self.family, registry.FAMILIES.names())
         _one_of("model.arch", self.arch, registry.ARCHITECTURES.names())
         _at_least("model.latent_dim", self.latent_dim, 1)
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise VaelabError(f"model.hidden must be a non-empty list of positive widths, got {self.hidden}")
-        if len(self.hidden) > MAX_HIDDEN_LAYERS:
-            raise VaelabError(
-                f"model.hidden lists {len(self.hidden)} layers; an MLP of vaelab has at most {MAX_HIDDEN_LAYERS}"
-            )
+        _widths("model.hidden", self.hidden)
         _one_of("model.activation", self.activation, registry.ACTIVATIONS.names())
         _one_of("model.posterior", self.posterior, registry.POSTERIORS.names())
         _one_of("model.prior", self.prior, registry.PRIORS.names())
@@ -107,6 +105,9 @@ class ModelConfig:
         _between("model.flow_steps", self.flow_steps, 1, MAX_FLOW_STEPS)
         _between("model.flow_hidden", self.flow_hidden, 0, MAX_FLOW_HIDDEN)
         _between("model.classes", self.classes, 1, MAX_CLASSES)
+        _widths("model.stochastic_layers", self.stochastic_layers, allow_empty=True)
+        _widths("model.layer_hidden", self.layer_hidden)
+        _one_of("model.inference", self.inference, ("bottom-up", "ladder"))
         if self.prior_cov:
             rows = self.prior_cov
             if len(rows) != self.latent_dim or any(len(r) != self.latent_dim for r in rows):
@@ -329,6 +330,14 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _between(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise VaelabError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _widths(name: str, widths: list[int], allow_empty: bool = False) -> None:
+    """A list of layer sizes: positive, and no more of them than MAX_HIDDEN_LAYERS."""
+    if (not widths and not allow_empty) or any(int(w) < 1 for w in widths):
+        raise VaelabError(f"{name} must be a non-empty list of positive widths, got {widths}")
+    if len(widths) > MAX_HIDDEN_LAYERS:
+        raise VaelabError(f"{name} lists {len(widths)} layers; vaelab builds at most {MAX_HIDDEN_LAYERS}")
 
 
 def _at_least(name: str, value: int, low: int) -> None:

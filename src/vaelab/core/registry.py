@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "vaelab.model.vae",
     "vaelab.model.cvae",
     "vaelab.model.gumbel",
+    "vaelab.model.hierarchical",
 )
 _loaded = False
 

@@ -59,6 +59,8 @@ def _burda(
     decoder_bias: str = "default",
     prior: str = "standard",
     posterior: str = "diagonal",
+    stochastic_layers: tuple[int, ...] = (),
+    inference: str = "bottom-up",
 ) -> Callable[[], RunConfig]:
     """Burda et al. (2016), one stochastic layer: 784-200-200-50 tanh, Bernoulli, dynamic binarisation.
 
@@ -99,6 +101,12 @@ def _burda(
         config.model.decoder_bias = decoder_bias
         config.model.prior = prior
         config.model.posterior = posterior
+        if stochastic_layers:  # their two-layer model: 784-200-200-100, then 100-100-50 (tanh)
+            config.model.family = "hierarchical"
+            config.model.stochastic_layers = list(stochastic_layers)
+            config.model.latent_dim = stochastic_layers[-1]
+            config.model.layer_hidden = [100, 100]
+            config.model.inference = inference
         config.objective.name = objective
         config.objective.k = k
         config.objective.gradient = gradient
@@ -184,6 +192,26 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
     )
 }
+
+BURDA_2L = "Burda, Grosse & Salakhutdinov 2016, Table 1 (MNIST, two stochastic layers, k = 5000 evaluation)"
+
+for _name, _objective, _k, _epochs, _batch, _paper, _title in (
+    ("burda-vae-2l", "elbo", 1, 600, 100, 85.33, "VAE (k = 1)"),
+    ("burda-iwae-2l", "iwae", 50, 80, 50, 82.90, "IWAE (k = 50)"),
+):
+    EXPERIMENTS[_name] = Experiment(
+        _name,
+        1,
+        f"{_title}, two stochastic layers: 784-200-200-100 and 100-100-50 tanh, dynamically binarised MNIST",
+        _burda(
+            _objective, _k, _epochs, lr=2.2e-3, batch_size=_batch, compile=True, ema_decay=0.999,
+            decoder_bias="data-mean", stochastic_layers=(100, 50),
+        ),
+        {"nll": _paper},
+        BURDA_2L,
+        nll_k=5000,
+        precision="bf16" if _objective == "iwae" else "fp32",
+    )  # fmt: skip
 
 
 def _conditional(latent_dim: int = 2) -> Callable[[], RunConfig]:
