@@ -158,6 +158,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss (forward + backward graph); costs compile time up front
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, updated every step
     checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often (0: at epoch ends only)
+    # > 0: a budget of training minutes. The lr schedule runs over it instead of over the epochs, and training
+    # ends before an epoch that would overrun it (train.epochs stays the most it trains)
+    minutes: float = 0.0
 
     def validate(self) -> None:
         _check_plain_values(self, "train")
@@ -176,6 +179,8 @@ class TrainConfig:
             raise VaelabError(
                 f"train.checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}"
             )
+        if not 0 <= self.minutes < math.inf:
+            raise VaelabError(f"train.minutes must be >= 0 (0: no time budget), got {self.minutes}")
         if not 0 <= self.ema_decay < 1:
             raise VaelabError(f"train.ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):

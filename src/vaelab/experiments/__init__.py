@@ -61,6 +61,7 @@ def _burda(
     posterior: str = "diagonal",
     stochastic_layers: tuple[int, ...] = (),
     inference: str = "bottom-up",
+    minutes: float = 0.0,
 ) -> Callable[[], RunConfig]:
     """Burda et al. (2016), one stochastic layer: 784-200-200-50 tanh, Bernoulli, dynamic binarisation.
 
@@ -117,6 +118,7 @@ def _burda(
         config.train.adam_eps = 1e-4
         config.train.compile = compile
         config.train.ema_decay = ema_decay
+        config.train.minutes = minutes
         return config.validate()
 
     return make
@@ -195,17 +197,19 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 BURDA_2L = "Burda, Grosse & Salakhutdinov 2016, Table 1 (MNIST, two stochastic layers, k = 5000 evaluation)"
 
-for _name, _objective, _k, _epochs, _batch, _paper, _title in (
-    ("burda-vae-2l", "elbo", 1, 600, 100, 85.33, "VAE (k = 1)"),
-    ("burda-iwae-2l", "iwae", 50, 80, 50, 82.90, "IWAE (k = 50)"),
+BURDA_2L_MINUTES = 85.0  # of the issue's 90: the run ends before an epoch that would overrun the budget
+
+for _name, _objective, _k, _minutes, _batch, _paper, _title in (
+    ("burda-vae-2l", "elbo", 1, BURDA_2L_MINUTES, 100, 85.33, "VAE (k = 1)"),
+    ("burda-iwae-2l", "iwae", 50, BURDA_2L_MINUTES, 50, 82.90, "IWAE (k = 50)"),
 ):
     EXPERIMENTS[_name] = Experiment(
         _name,
         1,
         f"{_title}, two stochastic layers: 784-200-200-100 and 100-100-50 tanh, dynamically binarised MNIST",
         _burda(
-            _objective, _k, _epochs, lr=2.2e-3, batch_size=_batch, compile=True, ema_decay=0.999,
-            decoder_bias="data-mean", stochastic_layers=(100, 50),
+            _objective, _k, 3280, lr=2.2e-3, batch_size=_batch, compile=True, ema_decay=0.999,
+            decoder_bias="data-mean", stochastic_layers=(100, 50), minutes=_minutes,
         ),
         {"nll": _paper},
         BURDA_2L,

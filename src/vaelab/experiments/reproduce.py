@@ -50,7 +50,7 @@ def _trained_run(experiment: Experiment, run: RunDir, config: RunConfig, console
             )
         if run.own(MODEL_JSON).exists():
             meta = read_model_json(run.path)
-            if meta.get("epochs_trained") == config.train.epochs:
+            if meta.get("finished") or meta.get("epochs_trained") == config.train.epochs:
                 console.print(f"{experiment.name}: reusing the finished run in {run}")
                 return
         if run.own(CHECKPOINT).exists():

@@ -119,6 +119,8 @@ class Trainer:
         if train.device.startswith("cuda") and not torch.cuda.is_available():
             raise VaelabError("train.device is cuda but this torch build sees no CUDA device; use train.device=cpu")
         self.world, device = init_world(train.device)  # one process unless started by torchrun
+        if self.world.distributed and train.minutes > 0:
+            raise VaelabError("train.minutes is not supported with data-parallel training (each process times itself)")
         if self.world.distributed and config.objective.free_bits > 0:
             raise VaelabError(
                 "objective.free_bits is not supported with data-parallel training (its budget is a whole-batch mean)"
@@ -211,6 +213,18 @@ class Trainer:
 
     # --- training --------------------------------------------------------------------------------
 
+    def train_seconds(self) -> float:
+        """Training time so far, over every session of this run (what a time budget counts)."""
+        return sum(r.get("seconds", 0.0) for r in self.records() if r["split"] == "train")
+
+    def budget_spent(self) -> bool:
+        """Whether another epoch, as long as the last one, would overrun ``train.minutes``."""
+        minutes = self.config.train.minutes
+        if minutes <= 0:
+            return False
+        epochs = [r["seconds"] for r in self.records() if r["split"] == "train" and "seconds" in r]
+        return bool(epochs) and sum(epochs) + epochs[-1] > 60 * minutes
+
     def _kl_weight(self, epoch_fraction: float) -> float:
         warmup = self.config.objective.kl_warmup_epochs
         return 1.0 if warmup == 0 else min(1.0, epoch_fraction / warmup)
@@ -218,7 +232,10 @@ class Trainer:
     def train_epoch(self, progress: Progress | None = None, task=None) -> dict[str, float]:
         self.model.train()
         train = self.config.train
-        lr = learning_rate(train.lr_schedule, train.lr, self.epoch, train.epochs)
+        if train.minutes > 0:  # the schedule over the time budget: where in it this epoch starts
+            lr = learning_rate(train.lr_schedule, train.lr, self.train_seconds(), 60 * train.minutes)
+        else:
+            lr = learning_rate(train.lr_schedule, train.lr, self.epoch, train.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         steps = len(self.train_batches)
@@ -374,7 +391,7 @@ class Trainer:
         show_bar = progress and self.console.is_terminal and main
         try:
             with Progress(*columns, console=self.console, disable=not show_bar, transient=True) as bar:
-                while self.epoch < epochs:
+                while self.epoch < epochs and not self.budget_spent():
                     task = bar.add_task(
                         "train", total=len(self.train_batches), epoch=f"{self.epoch + 1}/{epochs}", loss=""
                     )
@@ -458,6 +475,7 @@ class Trainer:
                 "environment": {**environment(), "processes": str(self.world.size)},
                 "test": test,
                 "epochs_trained": self.epoch,
+                "finished": True,  # every epoch of train.epochs, or as many as train.minutes allowed
             },
         )
         figures = self.write_figures() if self.figures else []
