@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
+
 import pytest
 import tomllib
 
 from vaelab import VaelabError
-from vaelab.config import RunConfig, apply_dict, apply_overrides, read_toml
+from vaelab.config import RunConfig, TrainConfig, apply_dict, apply_overrides, read_toml
 
 
 def test_defaults_validate():
@@ -279,3 +283,33 @@ def test_wrong_types_in_a_file_name_the_key(tmp_path, text, needle):
     with pytest.raises(VaelabError) as info:
         RunConfig.load(path)
     assert needle in str(info.value)
+
+
+def test_a_typo_in_a_python_config_attribute_is_refused_naming_the_close_match():
+    config = RunConfig()
+    with pytest.raises(
+        VaelabError, match=r"model\.latent_dims is not a key of \[model\]; did you mean model\.latent_dim\?"
+    ):
+        config.model.latent_dims = 5
+    with pytest.raises(VaelabError, match="did you mean train"):
+        config.trian = TrainConfig()
+    with pytest.raises(VaelabError, match="known: epochs, batch_size"):
+        config.train.zzz = 1
+    assert not hasattr(config.model, "latent_dims")
+    config.model.latent_dim = 5  # a real key is set as before
+
+
+def test_the_refusing_sections_still_copy_replace_and_serialise():
+    config = RunConfig()
+    config.model.latent_dim = 3
+    replaced = dataclasses.replace(config, model=dataclasses.replace(config.model, latent_dim=4))
+    assert replaced.model.latent_dim == 4 and config.model.latent_dim == 3
+    assert copy.deepcopy(config) == config and copy.copy(config.train) == config.train
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert dataclasses.asdict(config)["model"]["latent_dim"] == 3
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_an_unknown_key_from_toml_or_set_names_the_close_match_too():
+    with pytest.raises(VaelabError, match=r"did you mean model\.latent_dim\?"):
+        apply_overrides(RunConfig(), ["model.latent_dims=3"])

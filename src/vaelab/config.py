@@ -8,6 +8,7 @@ before any work starts, with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import sys
@@ -41,8 +42,32 @@ FLOAT32_MAX = 3.4028234663852886e38
 MAX_CONFIG_BYTES = 1 << 20
 
 
+class _Keys:
+    """A config section that refuses to set a key it does not have (``config.model.latent_dims = 5``
+    would otherwise be kept as a new attribute and silently ignored)."""
+
+    section = ""  # the name a message gives it: "model" for config.model.<key>; "" for the whole config
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        known = [f.name for f in dataclasses.fields(self)]
+        if name not in known:
+            prefix = f"{self.section}." if self.section else ""
+            what = f"a key of [{self.section}]" if self.section else "a config section"
+            raise VaelabError(f"{prefix}{name} is not {what}; {_did_you_mean(name, known, prefix)}")
+        object.__setattr__(self, name, value)
+
+
+def _did_you_mean(name: str, known: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {prefix}{close[0]}?"
+    return f"known: {', '.join(known)}"
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Keys):
+    section = "data"
+
     name: str = "mnist"
     data_dir: str = ""  # where to look first for data files ("" = the default search path)
     binarize: str = "none"  # none | dynamic | static
@@ -61,7 +86,8 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Keys):
+    section = "model"
     family: str = "vae"  # the model family (vaelab list); the keys below are the VAE family's
     arch: str = "conv"  # conv (the study's) | dense (the study's 784-512-256) | mlp (hidden, activation)
     latent_dim: int = 2
@@ -118,7 +144,8 @@ class ModelConfig:
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(_Keys):
+    section = "objective"
     name: str = "elbo"  # elbo | iwae
     beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the true ELBO
     k: int = 1  # importance samples (iwae)
@@ -144,7 +171,8 @@ class ObjectiveConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Keys):
+    section = "train"
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -188,7 +216,7 @@ class TrainConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(_Keys):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -285,8 +313,11 @@ def _section(config: RunConfig, name: str, where: str) -> Any:
 def _set(section: Any, section_name: str, key: str, value: Any, where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
+        close = difflib.get_close_matches(key, list(fields), n=1)
         raise VaelabError(
-            f"{where}: unknown config key {section_name + '.' + key!r}; known keys in [{section_name}]: {', '.join(fields)}"
+            f"{where}: unknown config key {section_name + '.' + key!r}; "
+            + (f"did you mean {section_name}.{close[0]}? " if close else "")
+            + f"known keys in [{section_name}]: {', '.join(fields)}"
         )
     hint = typing.get_type_hints(type(section))[key]
     setattr(section, key, _coerce(value, hint, f"{section_name}.{key}"))
