@@ -35,6 +35,7 @@ MAX_PRIOR_COMPONENTS = 10_000  # 20x the VampPrior paper's 500 pseudo-inputs
 MAX_LIKELIHOOD_COMPONENTS = 256  # more logistics than the 256 levels they describe add nothing
 MAX_FLOW_STEPS = 64  # far beyond Kingma et al.'s flows (2 to 8 steps)
 MAX_FLOW_HIDDEN = 16_384  # far beyond Kingma et al.'s MADEs (320 to 1920 units)
+MAX_WIDTH = 16_384  # a discriminator layer 16x Kim & Mnih's 1,000 units
 MAX_CLASSES = 100_000  # a one-hot label of this size is already 100x ImageNet's 1,000 classes
 
 
@@ -89,7 +90,7 @@ class DataConfig(_Keys):
 class ModelConfig(_Keys):
     section = "model"
     family: str = "vae"  # the model family (vaelab list); the keys below are the VAE family's
-    arch: str = "conv"  # conv (the study's) | dense (the study's 784-512-256) | mlp (hidden, activation)
+    arch: str = "conv"  # conv (the study's) | conv64 (the disentanglement papers') | dense (784-512-256) | mlp
     latent_dim: int = 2
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp only
     activation: str = "relu"  # mlp only
@@ -109,6 +110,8 @@ class ModelConfig(_Keys):
     stochastic_layers: list[int] = field(default_factory=list)  # hierarchical: latent sizes, bottom to top
     layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # hierarchical: MLP widths between layers
     inference: str = "bottom-up"  # hierarchical: bottom-up (Burda et al.) | ladder (Sønderby et al.)
+    tc_weight: float = 10.0  # factorvae: gamma, the weight of the discriminator's total correlation estimate
+    discriminator_hidden: list[int] = field(default_factory=lambda: [1000] * 6)  # factorvae: Kim & Mnih's 6 x 1000
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
@@ -134,6 +137,13 @@ class ModelConfig(_Keys):
         _widths("model.stochastic_layers", self.stochastic_layers, allow_empty=True)
         _widths("model.layer_hidden", self.layer_hidden)
         _one_of("model.inference", self.inference, ("bottom-up", "ladder"))
+        if not self.tc_weight >= 0:
+            raise VaelabError(f"model.tc_weight must be >= 0, got {self.tc_weight}")
+        _widths("model.discriminator_hidden", self.discriminator_hidden)
+        if max(self.discriminator_hidden) > MAX_WIDTH:
+            raise VaelabError(
+                f"model.discriminator_hidden: a layer has at most {MAX_WIDTH} units, got {self.discriminator_hidden}"
+            )
         if self.prior_cov:
             rows = self.prior_cov
             if len(rows) != self.latent_dim or any(len(r) != self.latent_dim for r in rows):
@@ -146,12 +156,17 @@ class ModelConfig(_Keys):
 @dataclass
 class ObjectiveConfig(_Keys):
     section = "objective"
-    name: str = "elbo"  # elbo | iwae
-    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the true ELBO
+    name: str = "elbo"  # elbo | iwae | capacity | btcvae (vaelab list)
+    # elbo: the weight of the KL term (beta-VAE), 1 is the true ELBO; btcvae: the weight of the total correlation
+    beta: float = 1.0
     k: int = 1  # importance samples (iwae)
     gradient: str = "reparam"  # iwae encoder gradient: reparam (Burda et al.) | dreg (Tucker et al. 2019)
     kl_warmup_epochs: int = 0  # linear KL annealing from 0 to beta over this many epochs
-    free_bits: float = 0.0  # minimum KL per latent dimension, in nats (Kingma et al. 2016)
+    free_bits: float = 0.0  # elbo: minimum KL per latent dimension, in nats (Kingma et al. 2016)
+    alpha: float = 1.0  # btcvae: weight of the index-code mutual information (Chen et al.'s alpha)
+    gamma: float = 1.0  # btcvae: weight of the dimension-wise KL (Chen et al.); capacity: of |KL - C| (Burgess et al.)
+    capacity_max: float = 25.0  # capacity: C's final value, nats (Burgess et al. on dSprites: 25)
+    capacity_steps: int = 100_000  # capacity: optimiser steps over which C grows linearly from 0 (0: C_max at once)
 
     def validate(self) -> None:
         _check_plain_values(self, "objective")
@@ -168,6 +183,36 @@ class ObjectiveConfig(_Keys):
         _at_least("objective.kl_warmup_epochs", self.kl_warmup_epochs, 0)
         if self.free_bits < 0:
             raise VaelabError(f"objective.free_bits must be >= 0, got {self.free_bits}")
+        for key in ("alpha", "gamma", "capacity_max"):
+            if getattr(self, key) < 0:
+                raise VaelabError(f"objective.{key} must be >= 0, got {getattr(self, key)}")
+        _at_least("objective.capacity_steps", self.capacity_steps, 0)
+        defaults = ObjectiveConfig()
+        for key, users in OBJECTIVE_KEYS.items():
+            if self.name not in users and getattr(self, key) != getattr(defaults, key):
+                raise VaelabError(
+                    f"objective.{key} applies to objective.name = {' or '.join(users)}; it means nothing for "
+                    f"{self.name} (leave it at {getattr(defaults, key)})"
+                )
+        if self.name == "capacity" and self.beta != 1:
+            raise VaelabError(
+                "objective.beta means nothing for objective.name = capacity: its weight on |KL - C| is objective.gamma"
+            )
+
+
+# the objectives that read each of these keys; any other objective refuses a value set away from the default
+OBJECTIVE_KEYS = {
+    "free_bits": ("elbo",),
+    "alpha": ("btcvae",),
+    "gamma": ("btcvae", "capacity"),
+    "capacity_max": ("capacity",),
+    "capacity_steps": ("capacity",),
+}
+
+
+def objective_keys(name: str) -> list[str]:
+    """The keys of OBJECTIVE_KEYS that objective ``name`` reads."""
+    return [key for key, users in OBJECTIVE_KEYS.items() if name in users]
 
 
 @dataclass

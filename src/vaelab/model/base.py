@@ -18,6 +18,16 @@ A latent-variable model trained by amortised variational inference offers some o
   figures). Training and evaluation hand the batch's labels in as ``Context.labels``;
 * ``discrete_code(x)``: the most probable category of a discrete latent per image (the clustering
   accuracy against the labels).
+* ``code_densities(x, ctx) -> CodeDensities``: one reparameterised code z_i per example, the ELBO's
+  parts at it, the posterior's per-dimension log density log q(z_ik | x_j) of every code under every
+  example of the batch (B x B x d) and the prior's log p(z_ik) per dimension: what estimators of the
+  aggregate posterior q(z) need (the beta-TCVAE objective). A family whose posterior or prior does not
+  factorise over dimensions refuses it;
+* ``parameter_groups()``: the optimiser's parameter groups, each with the settings it departs from the
+  run's in (a family that trains an adversary with its own Adam betas: factorvae). Default: one group.
+
+A family may add terms of its own to what is minimised: ``ElboParts.penalty`` (per example, not part of
+the bound) is added to the loss by every objective, and reported apart from the bound.
 
 Every family's ``encode``, ``reconstruct``, ``features``, ``discrete_code`` and ``interpolate`` take images
 as a user has them (:meth:`LatentVariableModel.as_images`: uint8 or float, a batch, one image, or flat
@@ -66,6 +76,8 @@ class Context:
     labels: torch.Tensor | None = None  # the batch's labels, for families that condition on them
     shard: Shard | None = None  # data-parallel: this process's rows of the global batch
     generators: list[torch.Generator] | None = None  # one per example: its noise whatever the batching
+    step: int = 0  # training: optimiser steps taken before this one (schedules by step: the capacity's C)
+    dataset_size: int = 0  # training: the number of examples batches are drawn from (0: unknown; q(z) estimators)
 
     def noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise of ``shape`` (... x batch x d), with ``like``'s dtype and device.
@@ -94,6 +106,18 @@ class ElboParts:
     kl: torch.Tensor  # KL(q(z|x) || p(z)), closed form where one is registered
     kl_per_dim: torch.Tensor | None = None  # B x d where the KL factorises over dimensions
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further named per-example terms (per layer...)
+    # per example: the family's own training terms beyond the bound (factorvae's), added to whatever is minimised
+    penalty: torch.Tensor | None = None
+
+
+@dataclass
+class CodeDensities:
+    """One code per example and the densities that estimate the aggregate posterior q(z) = E_x q(z|x)."""
+
+    parts: ElboParts  # the ELBO's parts with z as the reparameterised sample
+    z: torch.Tensor  # B x d, the sample z_i ~ q(z | x_i)
+    log_q_pairs: torch.Tensor  # B x B x d: [i, j, k] = log q(z_ik | x_j), every code under every example's posterior
+    log_p: torch.Tensor  # B x d: log p(z_ik), the prior per dimension
 
 
 @dataclass
@@ -264,6 +288,13 @@ class LatentVariableModel(nn.Module):
 
     def discrete_code(self, x: torch.Tensor) -> torch.Tensor:
         raise self._unsupported("discrete latent code")
+
+    def code_densities(self, x: torch.Tensor, ctx: Context) -> CodeDensities:
+        raise self._unsupported("per-dimension posterior densities (objective.name = btcvae)")
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's parameter groups; a group's own settings (betas...) override the run's."""
+        return [{"params": list(self.parameters())}]
 
     def networks(self) -> list[nn.Module]:
         """The neural networks, which may compute in reduced precision; distributions stay fp32."""

@@ -7,11 +7,18 @@
   plain reparameterised gradient or the doubly reparameterised one (DReG, Tucker et al. 2019) for
   the encoder: same bound, same expected gradient, less noise as k grows.
 
+* :class:`CapacityELBO` -- reconstruction + gamma |KL - C|, the capacity C growing linearly from 0 to
+  C_max over a number of optimiser steps (Burgess et al. 2018, "Understanding disentangling in beta-VAE").
+* :class:`BetaTCVAE` -- the KL term split into index-code mutual information, total correlation and
+  dimension-wise KL, each weighed on its own (Chen et al. 2018), estimated by minibatch weighted sampling.
+
 Reported ``total`` is always the negative bound itself (beta = 1), whatever is optimised.
 
-Both are generic over the model protocol (``vaelab.model.base``): the ELBO asks the model for its
-parts, the IWAE for its importance log-weights. The noise, and with it data-parallel training's
-noise protocol, comes through the step's :class:`~vaelab.model.base.Context`.
+All are generic over the model protocol (``vaelab.model.base``): the ELBO and the capacity objective
+ask the model for its parts, the IWAE for its importance log-weights, the beta-TCVAE for its codes'
+densities. A family's own terms (``ElboParts.penalty``) are added to the ELBO-based losses. The noise,
+and with it data-parallel training's noise protocol, the training step and the data set's size come
+through the step's :class:`~vaelab.model.base.Context`.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import math
 import torch
 
 from vaelab.core.registry import OBJECTIVES
-from vaelab.model.base import Context, Terms
+from vaelab.errors import VaelabError
+from vaelab.model.base import Context, ElboParts, Terms
 
 
 def _no_examples(x: torch.Tensor) -> Terms:
@@ -29,6 +37,16 @@ def _no_examples(x: torch.Tensor) -> Terms:
     noise has been drawn, so its RNG stays in step with the other processes'."""
     empty = x.new_zeros(0)
     return Terms(x.new_zeros(()), empty, empty, empty)
+
+
+def _penalty(parts: ElboParts) -> torch.Tensor | float:
+    """The batch mean of the family's own terms (0 for a family without any)."""
+    return 0.0 if parts.penalty is None else parts.penalty.mean()
+
+
+def _whole_batch(ctx: Context, name: str, why: str) -> None:
+    if ctx.shard is not None:
+        raise VaelabError(f"objective.name = {name} {why}: data-parallel training is not supported")
 
 
 class ELBO:
@@ -55,8 +73,87 @@ class ELBO:
                 # the budget is per dimension averaged over the batch (Kingma et al. 2016)
                 per_dim_mean = parts.kl_per_dim.mean(0)
                 penalised_kl = per_dim_mean.clamp(min=self.free_bits).sum().expand_as(kl)
-        loss = (parts.reconstruction + self.beta * ctx.kl_weight * penalised_kl).mean()
+        loss = (parts.reconstruction + self.beta * ctx.kl_weight * penalised_kl).mean() + _penalty(parts)
         return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, parts.extra)
+
+
+class CapacityELBO:
+    """Burgess et al. (2018): E_x[reconstruction] + gamma |E_x[KL(q(z|x) || p(z))] - C|.
+
+    The batch's mean KL is pulled towards a capacity C = capacity_max * min(1, step / capacity_steps)
+    nats (their dSprites run: gamma 1000, C from 0 to 25 nats over 100,000 steps), so the code may
+    carry C nats of information about x, no more, and gains them one factor at a time as C grows.
+    The absolute value is of the batch mean, as in their code and disentanglement_lib's.
+    """
+
+    def __init__(self, gamma: float = 1.0, capacity_max: float = 25.0, capacity_steps: int = 100_000) -> None:
+        self.gamma = gamma
+        self.capacity_max = capacity_max
+        self.capacity_steps = capacity_steps
+
+    def capacity(self, step: int) -> float:
+        """C after ``step`` optimiser steps, nats."""
+        done = 1.0 if self.capacity_steps == 0 else min(1.0, step / self.capacity_steps)
+        return self.capacity_max * done
+
+    def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
+        ctx = ctx or Context()
+        _whole_batch(ctx, "capacity", "pulls the whole batch's mean KL towards C")
+        parts = model.elbo(x, ctx)
+        distance = (parts.kl.mean() - self.capacity(ctx.step)).abs()
+        loss = parts.reconstruction.mean() + self.gamma * ctx.kl_weight * distance + _penalty(parts)
+        kl = parts.kl
+        return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, parts.extra)
+
+
+class BetaTCVAE:
+    """Chen et al. (2018): the ELBO's KL term, averaged over the data, is
+
+        E_x KL(q(z|x) || p(z)) = I_q(x; z) + TC(z) + sum_k KL(q(z_k) || p(z_k)),
+
+    index-code mutual information, total correlation of the aggregate posterior q(z) = E_x q(z|x),
+    and dimension-wise KL; the loss weighs them alpha, beta, gamma (1, beta, 1 in their experiments).
+    Per example, at z_i ~ q(z | x_i):
+
+        MI_i = log q(z_i | x_i) - log q(z_i),  TC_i = log q(z_i) - sum_k log q(z_ik),
+        dimKL_i = sum_k log q(z_ik) - log p(z_i),
+
+    with log q(z_i) and log q(z_ik) estimated by minibatch weighted sampling over the batch of M codes
+    drawn from a data set of N examples (their eq. and their code's ``mss=False`` branch):
+
+        log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M),   likewise per dimension.
+
+    With alpha = beta = gamma = 1 the three sum to log q(z_i | x_i) - log p(z_i): the plain ELBO's
+    one-sample KL. N is the training set's size, from the step's Context.
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+
+    @staticmethod
+    def decomposition(
+        log_q_pairs: torch.Tensor, log_p: torch.Tensor, dataset_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(MI_i, TC_i, dimKL_i) per example from log q(z_ik | x_j) (B x B x d) and log p(z_ik) (B x d)."""
+        log_nm = math.log(dataset_size * len(log_q_pairs))
+        log_q_given_x = log_q_pairs.diagonal(dim1=0, dim2=1).sum(0)  # [i, i, :] summed: log q(z_i | x_i)
+        log_q = torch.logsumexp(log_q_pairs.sum(-1), 1) - log_nm  # log q(z_i)
+        log_q_marginals = (torch.logsumexp(log_q_pairs, 1) - log_nm).sum(-1)  # sum_k log q(z_ik)
+        return log_q_given_x - log_q, log_q - log_q_marginals, log_q_marginals - log_p.sum(-1)
+
+    def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
+        ctx = ctx or Context()
+        _whole_batch(ctx, "btcvae", "estimates q(z) from the whole batch's codes")
+        if ctx.dataset_size < 1:
+            raise VaelabError("objective.name = btcvae needs the training set's size N (Context.dataset_size)")
+        densities = model.code_densities(x, ctx)
+        parts = densities.parts
+        mi, tc, dim_kl = self.decomposition(densities.log_q_pairs, densities.log_p, ctx.dataset_size)
+        penalised = self.alpha * mi + self.beta * tc + self.gamma * dim_kl
+        loss = (parts.reconstruction + ctx.kl_weight * penalised).mean() + _penalty(parts)
+        extra = {**parts.extra, "mutual_information": mi, "total_correlation": tc, "dimension_kl": dim_kl}
+        kl = parts.kl
+        return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, extra)
 
 
 class _ImportanceWeightedPath(torch.autograd.Function):
@@ -131,9 +228,28 @@ def _iwae(config) -> IWAE:
     return IWAE(config.k, config.gradient)
 
 
-def make_objective(name: str, beta: float = 1.0, k: int = 1, free_bits: float = 0.0, gradient: str = "reparam"):
-    """The objective registered as ``name``; an unknown name is an error, never a fallback."""
+@OBJECTIVES.register(
+    "capacity", "Burgess et al.'s capacity-annealed beta-VAE: gamma |KL - C|, C from 0 to capacity_max nats"
+)
+def _capacity(config) -> CapacityELBO:
+    return CapacityELBO(config.gamma, config.capacity_max, config.capacity_steps)
+
+
+@OBJECTIVES.register(
+    "btcvae", "beta-TCVAE (Chen et al.): alpha MI + beta TC + gamma dimension-wise KL, minibatch weighted sampling"
+)
+def _btcvae(config) -> BetaTCVAE:
+    return BetaTCVAE(config.alpha, config.beta, config.gamma)
+
+
+def build_objective(config):
+    """The objective an :class:`~vaelab.config.ObjectiveConfig` names, built by its registered factory."""
+    return OBJECTIVES.get(config.name)(config)
+
+
+def make_objective(name: str, beta: float = 1.0, k: int = 1, free_bits: float = 0.0, gradient: str = "reparam", **keys):
+    """The objective registered as ``name``; an unknown name is an error, never a fallback. ``keys``: other
+    ``objective.*`` settings (gamma, capacity_max...)."""
     from vaelab.config import ObjectiveConfig
 
-    config = ObjectiveConfig(name=name, beta=beta, k=k, free_bits=free_bits, gradient=gradient)
-    return OBJECTIVES.get(name)(config)
+    return build_objective(ObjectiveConfig(name=name, beta=beta, k=k, free_bits=free_bits, gradient=gradient, **keys))

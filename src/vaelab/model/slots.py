@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Normal
 
-from vaelab.distributions.kl import kl_and_sample
-from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
+from vaelab.distributions.kl import diagonal_normal_parts, kl_and_sample
+from vaelab.model.base import CodeDensities, Context, ElboParts, LatentVariableModel, LogWeights, Unsupported
 
 Likelihood = Callable[[torch.Tensor], Distribution]  # codes (... x d) -> p(x | z, whatever the family conditions on)
 
@@ -43,13 +43,35 @@ class SlotModel(LatentVariableModel):
     def slot_elbo(self, x: torch.Tensor, ctx: Context, q, p_x: Likelihood) -> ElboParts:
         """The ELBO's parts for the posterior ``q`` of ``x`` and the likelihood ``p_x``: one reparameterised
         sample, the KL in closed form where one is registered."""
+        return self.slot_sampled_elbo(x, ctx, q, p_x)[0]
+
+    def slot_sampled_elbo(self, x: torch.Tensor, ctx: Context, q, p_x: Likelihood) -> tuple[ElboParts, torch.Tensor]:
+        """:meth:`slot_elbo`'s parts and the sample z (B x d) they were taken at."""
         eps = ctx.noise((len(x), self.latent_dim), x)
         if not len(x):  # an empty shard: its share of the noise is drawn, nothing to decode
-            return ElboParts(x.new_zeros(0), x.new_zeros(0))
+            return ElboParts(x.new_zeros(0), x.new_zeros(0)), eps
         z, log_q = q.reparameterize(eps)
         reconstruction = -p_x(z).log_prob(x)
         kl, kl_per_dim = kl_and_sample(q, self.p_z(), z, log_q)
-        return ElboParts(reconstruction, kl, kl_per_dim)
+        return ElboParts(reconstruction, kl, kl_per_dim), z
+
+    def slot_code_densities(self, parts: ElboParts, z: torch.Tensor, q) -> CodeDensities:
+        """The codes ``z`` (B x d, drawn from ``q``, a diagonal Gaussian) under every example's posterior
+        and under the prior, dimension by dimension."""
+        q_parts, p = diagonal_normal_parts(q), self.p_z()
+        if q_parts is None:
+            raise Unsupported(
+                f"the {getattr(q, 'family', '') or type(q).__name__} posterior does not factorise over latent "
+                "dimensions, which the estimate of q(z) and its marginals needs: use model.posterior = diagonal"
+            )
+        if diagonal_normal_parts(p) is None:
+            raise Unsupported(
+                "this prior does not factorise over latent dimensions, which the dimension-wise KL needs: "
+                "use model.prior = standard or learnable"
+            )
+        loc, scale = q_parts
+        log_q_pairs = Normal(loc.unsqueeze(0), scale.unsqueeze(0)).log_prob(z.unsqueeze(1))  # [i, j]: z_i under x_j
+        return CodeDensities(parts, z, log_q_pairs, p.base_dist.log_prob(z))
 
     def slot_log_weights(
         self,

@@ -35,8 +35,10 @@ class TrainStep:
         device_type: str = "cpu",
         world: World | None = None,
         compile: bool = False,
+        dataset_size: int = 0,
     ):
         self.model = model
+        self.dataset_size = dataset_size  # the training examples batches are drawn from (estimators of q(z))
         self.objective = objective
         if compile:
             import torch._inductor.config as inductor_config
@@ -56,10 +58,17 @@ class TrainStep:
         return nullcontext()
 
     def __call__(
-        self, x: torch.Tensor, kl_weight: float = 1.0, shard: Shard | None = None, labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        kl_weight: float = 1.0,
+        shard: Shard | None = None,
+        labels: torch.Tensor | None = None,
+        step: int = 0,
     ) -> Terms:
+        """One update on the batch ``x``; ``step``: the optimiser steps the run has taken before it."""
+        ctx = Context(kl_weight=kl_weight, labels=labels, shard=shard, step=step, dataset_size=self.dataset_size)
         with self.autocast():
-            terms = self.objective(self.model, x, Context(kl_weight=kl_weight, labels=labels, shard=shard))
+            terms = self.objective(self.model, x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         if shard is None:
             terms.loss.backward()

@@ -9,10 +9,10 @@ from vaelab.model.vae.model import VAE
 from vaelab.nets.accel import accelerate
 
 
-@FAMILIES.register("vae", "one latent layer: encoder -> posterior, prior, decoder -> likelihood (model.*)")
-def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> VAE:
-    """The model ``config`` names, each slot taken from its registry; refused first if training it on
-    ``batch`` images at a time (times importance samples) would not fit in memory."""
+def build_slots(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> tuple:
+    """(encoder, posterior, prior, decoder, likelihood, latent_dim, image_shape), each slot taken from its
+    registry; refused first if training on ``batch`` images at a time (times importance samples) would not
+    fit in memory."""
     config.validate()
     check_memory(config, image_shape, batch)
     prior = PRIORS.get(config.prior)(config, image_shape)
@@ -23,4 +23,10 @@ def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> V
     )
     # this CPU's measured speed choices (layout, fused kernels), applied from outside the networks
     encoder, decoder = accelerate(encoder), accelerate(decoder)
-    return VAE(encoder, posterior, prior, decoder, likelihood, config.latent_dim, image_shape)
+    return encoder, posterior, prior, decoder, likelihood, config.latent_dim, image_shape
+
+
+@FAMILIES.register("vae", "one latent layer: encoder -> posterior, prior, decoder -> likelihood (model.*)")
+def build_vae(config: ModelConfig, image_shape: ImageShape, batch: int = 1) -> VAE:
+    """The model ``config`` names (:func:`build_slots`)."""
+    return VAE(*build_slots(config, image_shape, batch))

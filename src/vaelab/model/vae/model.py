@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vaelab.errors import VaelabError
-from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LogWeights
+from vaelab.model.base import EXPORT_PARTS, CodeDensities, Context, ElboParts, ExportPart, LogWeights
 from vaelab.model.slots import SlotModel
 from vaelab.nets.accel import PLAIN, accelerate
 
@@ -40,8 +40,20 @@ class VAE(SlotModel):
         out = self.run_network(self.decoder, z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
+    def sampled_elbo(self, x: torch.Tensor, ctx: Context) -> tuple[ElboParts, torch.Tensor, Distribution]:
+        """The ELBO's parts, the sample z they were taken at, and q(z | x)."""
+        q = self.q_z(x)
+        parts, z = self.slot_sampled_elbo(x, ctx, q, self.p_x)
+        return parts, z, q
+
     def elbo(self, x: torch.Tensor, ctx: Context) -> ElboParts:
-        return self.slot_elbo(x, ctx, self.q_z(x), self.p_x)
+        return self.sampled_elbo(x, ctx)[0]
+
+    def code_densities(self, x: torch.Tensor, ctx: Context) -> CodeDensities:
+        """The ELBO's parts at z_i ~ q(z | x_i), with every z_i's density under every x_j's posterior and the
+        prior's, dimension by dimension (a diagonal Gaussian posterior and a factorised prior)."""
+        parts, z, q = self.sampled_elbo(x, ctx)
+        return self.slot_code_densities(parts, z, q)
 
     def log_weights(
         self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
