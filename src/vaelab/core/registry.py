@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "vaelab.model.cvae",
     "vaelab.model.gumbel",
     "vaelab.model.hierarchical",
+    "vaelab.model.factorvae",
 )
 _loaded = False
 
