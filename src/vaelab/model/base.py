@@ -27,7 +27,8 @@ A latent-variable model trained by amortised variational inference offers some o
   run's in (a family that trains an adversary with its own Adam betas: factorvae). Default: one group.
 
 A family may add terms of its own to what is minimised: ``ElboParts.penalty`` (per example, not part of
-the bound) is added to the loss by every objective, and reported apart from the bound.
+the bound) is added to the loss by the objectives built on ``elbo`` / ``code_densities`` (elbo, capacity,
+btcvae) and is never part of the reported bound; such a family refuses to train on importance weights.
 
 Every family's ``encode``, ``reconstruct``, ``features``, ``discrete_code`` and ``interpolate`` take images
 as a user has them (:meth:`LatentVariableModel.as_images`: uint8 or float, a batch, one image, or flat

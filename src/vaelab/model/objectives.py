@@ -83,7 +83,8 @@ class CapacityELBO:
     The batch's mean KL is pulled towards a capacity C = capacity_max * min(1, step / capacity_steps)
     nats (their dSprites run: gamma 1000, C from 0 to 25 nats over 100,000 steps), so the code may
     carry C nats of information about x, no more, and gains them one factor at a time as C grows.
-    The absolute value is of the batch mean, as in their code and disentanglement_lib's.
+    The absolute value is of the batch mean, as in their code and disentanglement_lib's. A KL warm-up
+    (``objective.kl_warmup_epochs``) scales the penalty as it scales the ELBO's KL.
     """
 
     def __init__(self, gamma: float = 1.0, capacity_max: float = 25.0, capacity_steps: int = 100_000) -> None:
@@ -124,7 +125,7 @@ class BetaTCVAE:
         log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M),   likewise per dimension.
 
     With alpha = beta = gamma = 1 the three sum to log q(z_i | x_i) - log p(z_i): the plain ELBO's
-    one-sample KL. N is the training set's size, from the step's Context.
+    one-sample KL. N is the training set's size, from the step's Context. A KL warm-up scales all three.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
