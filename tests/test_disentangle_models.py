@@ -331,8 +331,9 @@ def test_btcvae_trains_a_factorvae_with_its_penalty_too():
         (["objective.alpha=-1", "objective.name=btcvae"], "objective.alpha must be >= 0"),
         (["objective.capacity_steps=-3", "objective.name=capacity"], "objective.capacity_steps must be >= 0"),
         (["model.tc_weight=-1"], "model.tc_weight must be >= 0"),
-        (["model.discriminator_hidden=[]"], "model.discriminator_hidden must list 1 to 64 widths"),
-        (["model.discriminator_hidden=[1000, 0]"], "model.discriminator_hidden must list"),
+        (["model.discriminator_hidden=[]"], "model.discriminator_hidden must be a non-empty list of positive widths"),
+        (["model.discriminator_hidden=[1000, 0]"], "model.discriminator_hidden must be a non-empty list"),
+        (["model.discriminator_hidden=[100000]"], "model.discriminator_hidden: a layer has at most 16384 units"),
     ],
 )
 def test_bad_disentanglement_settings_are_refused_naming_the_key(override, message):
