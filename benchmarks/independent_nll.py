@@ -3,7 +3,9 @@
 The networks are rebuilt here in plain PyTorch from ``model.safetensors`` and ``model.json``
 (Burda's tanh MLP, or the study's conv VAE with a standard normal prior and Bernoulli likelihood),
 and log p(x) ~= logsumexp_i [log p(x|z_i) + log N(z_i; 0, I) - log q(z_i|x)] - log k is written out
-term by term, with its own noise. Only the test images come from vaelab (``vaelab.data``), so that
+term by term, with its own noise. A hierarchical run (``model.family = hierarchical``: Burda's
+two-layer MLPs, bottom-up or ladder inference) gets the same with every layer's log p(z_i | z_{i+1})
+and log q(z_i | .) written out. Only the test images come from vaelab (``vaelab.data``), so that
 both see the same binarised test set. The two estimates use different noise, so they agree to
 within their Monte Carlo error, which at k = 5000 is far below the standard error over images.
 
@@ -34,6 +36,50 @@ def mlp(weights: dict[str, torch.Tensor], prefix: str, h: torch.Tensor, activati
     return h
 
 
+def log_normal(z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * (z - mu).pow(2) / log_var.exp() - 0.5 * log_var - 0.5 * LOG_2PI).sum(-1)
+
+
+def hierarchical_log_weights(w, model, x, eps, encode, decode, activation) -> torch.Tensor:
+    """log p(x, z_1..L) - log q(z_1..L | x) for the samples made from ``eps`` (n x sum of the layer sizes)."""
+    sizes = model["stochastic_layers"]
+    noise = eps.split(sizes, dim=-1)
+    up = [lambda h, i=i: mlp(w, f"up.{i}.", h, activation).chunk(2, dim=-1) for i in range(len(sizes) - 1)]
+    down = [lambda h, i=i: mlp(w, f"down.{i}.", h, activation).chunk(2, dim=-1) for i in range(len(sizes) - 1)]
+    log_q = 0.0
+    if model["inference"] == "bottom-up":
+        mu, log_var = encode(x).chunk(2, dim=-1)
+        zs = [mu + (0.5 * log_var).exp() * noise[0]]
+        log_q = log_normal(zs[0], mu, log_var)
+        for i, layer in enumerate(up):
+            mu, log_var = layer(zs[-1])
+            zs.append(mu + (0.5 * log_var).exp() * noise[i + 1])
+            log_q = log_q + log_normal(zs[-1], mu, log_var)
+    else:  # ladder: the bottom-up terms, then top-down with precision-weighted merging
+        terms = [encode(x).chunk(2, dim=-1)]
+        for layer in up:
+            terms.append(layer(terms[-1][0]))
+        mu, log_var = terms[-1]
+        zs = [mu + (0.5 * log_var).exp() * noise[-1]]
+        log_q = log_normal(zs[0], mu, log_var)
+        for i in reversed(range(len(sizes) - 1)):
+            mu_p, log_var_p = down[i](zs[0])
+            mu_u, log_var_u = terms[i]
+            precision_p, precision_u = (-log_var_p).exp(), (-log_var_u).exp()
+            var = 1 / (precision_p + precision_u)
+            mu = (mu_u * precision_u + mu_p * precision_p) * var
+            zs.insert(0, mu + var.sqrt() * noise[i])
+            log_q = log_q + log_normal(zs[0], mu, var.log())
+    log_p = log_normal(zs[-1], torch.zeros(()), torch.zeros(()))
+    for i in range(len(sizes) - 1):
+        mu_p, log_var_p = down[i](zs[i + 1])
+        log_p = log_p + log_normal(zs[i], mu_p, log_var_p)
+    logits = decode(zs[0])
+    target = x.flatten(1)
+    log_px_z = -F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none").sum(-1)
+    return log_px_z + log_p - log_q
+
+
 def conv_encoder(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     h = F.relu(F.conv2d(x, w["encoder.net.0.weight"], w["encoder.net.0.bias"], stride=2, padding=1))
     h = F.relu(F.conv2d(h, w["encoder.net.2.weight"], w["encoder.net.2.bias"], stride=2, padding=1))
@@ -61,8 +107,8 @@ def main() -> None:
     if model["prior"] != "standard" or model["likelihood"] != "bernoulli":
         raise SystemExit("this check covers the standard normal prior with a Bernoulli likelihood")
     w = load_file(args.run_dir / "model.safetensors")
+    activation = {"tanh": torch.tanh, "relu": F.relu}.get(model["activation"])
     if model["arch"] == "mlp":
-        activation = {"tanh": torch.tanh, "relu": F.relu}[model["activation"]]
         encode = lambda x: mlp(w, "encoder.net.1.", x.flatten(1), activation)  # noqa: E731
         decode = lambda z: mlp(w, "decoder.net.0.", z, activation)  # noqa: E731
     elif model["arch"] == "conv":
@@ -75,13 +121,24 @@ def main() -> None:
 
     dataset = load_dataset(data["name"])
     images = dataset.x_test[: args.limit]
-    x_all = torch.cat(list(Batches(images, batch_size=100, binarize=data["binarize"], training=False).epoch(shuffle=False)))
+    x_all = torch.cat(
+        list(Batches(images, batch_size=100, binarize=data["binarize"], training=False).epoch(shuffle=False))
+    )
 
     torch.manual_seed(args.seed)
     values = []
     with torch.no_grad():
         for x in x_all:
             x = x.unsqueeze(0)
+            if model.get("family", "vae") == "hierarchical":
+                size = sum(model["stochastic_layers"])
+                log_w = [
+                    hierarchical_log_weights(w, model, x, torch.randn(min(1000, args.k - s), size), encode, decode,
+                                             activation).double()
+                    for s in range(0, args.k, 1000)
+                ]  # fmt: skip
+                values.append(torch.logsumexp(torch.cat(log_w), 0).item() - math.log(args.k))
+                continue
             mu, log_var = encode(x).chunk(2, dim=-1)
             std = torch.exp(0.5 * log_var)
             target = x.flatten(1)
@@ -90,7 +147,9 @@ def main() -> None:
                 eps = torch.randn(min(1000, args.k - start), mu.shape[-1])
                 z = mu + std * eps
                 logits = decode(z)
-                log_px_z = -F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none").sum(-1)
+                log_px_z = -F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none").sum(
+                    -1
+                )
                 log_pz = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
                 log_qz = (-0.5 * eps.pow(2) - 0.5 * LOG_2PI - 0.5 * log_var).sum(-1)
                 log_w.append((log_px_z + log_pz - log_qz).double())

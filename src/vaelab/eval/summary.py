@@ -145,8 +145,33 @@ def evaluate_model(
             )
     if model.can("discrete_code"):  # a discrete latent: how well its categories match the classes
         result["cluster_accuracy"] = best_match_accuracy(discrete_codes(model, test), test.labels)
+    if model.can("layer_means") and n_test >= 2:  # several stochastic layers: each one's KL, units, collapse
+        result["layers"] = layer_analysis(model, test, result.get("kl_per_dim"))
     result["analysis_seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+@torch.no_grad()
+def layer_analysis(model: LatentVariableModel, test: Batches, kl_per_dim: list[float] | None) -> list[dict[str, Any]]:
+    """Per stochastic layer (1 = next to x): its size, KL (nats per image), active units and collapse."""
+    model.eval()
+    per_layer = [torch.cat(parts) for parts in zip(*(model.layer_means(x) for x in test.epoch(shuffle=False)))]
+    sizes = [means.shape[-1] for means in per_layer]
+    kls = np.split(np.asarray(kl_per_dim), np.cumsum(sizes)[:-1]) if kl_per_dim is not None else [None] * len(sizes)
+    layers = []
+    for i, (means, kl) in enumerate(zip(per_layer, kls)):
+        active, _ = active_units(means)
+        collapsed = posterior_collapse(active, None if kl is None else kl.tolist(), latent_dim=len(means[0]))
+        layers.append(
+            {
+                "layer": i + 1,
+                "size": sizes[i],
+                "kl": None if kl is None else float(kl.sum()),
+                "active_units": active,
+                "posterior_collapse": collapsed,
+            }
+        )
+    return layers
 
 
 def _require_finite_bound(bound: dict[str, Any]) -> None:
@@ -221,6 +246,12 @@ def analysis_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"{COLLAPSE_WARNING}: {result['posterior_collapse_reason']}")
     else:
         lines.append("posterior collapse: no")
+    for layer in result.get("layers", []):
+        kl = "" if layer["kl"] is None else f"KL {layer['kl']:.2f} nats, "
+        line = f"layer {layer['layer']} ({layer['size']} units): {kl}{layer['active_units']} active"
+        if layer["posterior_collapse"]:
+            line = f"{COLLAPSE_WARNING} in layer {layer['layer']}: {line}"
+        lines.append(line)
     lines += [
         f"kNN (k = {KNN_K}) probe accuracy on the latent means: {_pct(result[f'knn{KNN_K}_accuracy'])} "
         f"(fit on {result['knn_train_images']} training images)",

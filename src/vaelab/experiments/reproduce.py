@@ -114,15 +114,21 @@ def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console:
         "version": experiment.version,
         "title": experiment.title,
         "run_dir": run_dir.name,  # relative to the folder of runs: no machine's absolute path
-        "epochs": config.train.epochs,
+        "epochs": meta.get("epochs_trained", config.train.epochs),
         "modified": _comparable(config) != _comparable(experiment.config()[0]),
         "train_seconds": train_seconds,
+        "train_minutes": round(train_seconds / 60, 1),
+        "machine": _machine(meta),
         "test": {k: test[k] for k in ("total", "reconstruction", "kl")},
         "published": experiment.published,
         "analysis": {k: v for k, v in analysis.items() if k != "latent_variance"},
         "latent_variance": analysis["latent_variance"],
         "figures": [str(p.relative_to(run_dir)) for p in figures],
     }
+    if model.can("layer_means"):  # several stochastic layers: each one's KL, active units, collapse
+        from vaelab.eval.summary import layer_analysis
+
+        result["layers"] = layer_analysis(model, test_split, test.get("kl_per_dim"))
     if model.can("discrete_code"):  # a discrete latent's categories against the classes
         from vaelab.eval.clustering import best_match_accuracy, discrete_codes
 
@@ -142,6 +148,17 @@ def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console:
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
     atomic_write_json(run.results, result)
     return result
+
+
+def _machine(meta: dict[str, Any]) -> dict[str, Any]:
+    """The CPU the results were measured on and the threads the training used (as its model.json records)."""
+    import os
+
+    from vaelab.core.platform import cpu_capabilities
+
+    cpu = cpu_capabilities()
+    threads = meta.get("environment", {}).get("threads")
+    return {"cpu": cpu.model, "extensions": cpu.extensions, "logical_cpus": os.cpu_count(), "training_threads": threads}
 
 
 def nll_section(result: dict[str, Any]) -> str:

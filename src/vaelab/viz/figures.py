@@ -642,6 +642,12 @@ def write_run_figures(
     i, j = _two_of_different_classes(labels, len(x))
     put("interpolation.png", interpolation(model, x[i], x[j], steps=10))
 
+    if model.can("layer_means"):  # several stochastic layers: what each one holds (vaelab.viz.hierarchy)
+        from vaelab.viz.hierarchy import hierarchy_figures
+
+        for name, fig in hierarchy_figures(model, x, seed):
+            put(name, fig)
+
     d = model.latent_dim
     if d == 2 or d > 3:
         put("latent_manifold.png", latent_manifold(model))

@@ -193,7 +193,8 @@ class HierarchicalVAE(LatentVariableModel):
         conditional means, or drawn from p(z_i | z_{i+1}) with ``generator``."""
         for i in reversed(range(layer - 1)):
             p = self.p_below(i, z)
-            z = p.loc if generator is None else p.loc + p.scale * torch.randn(p.loc.shape, generator=generator)
+            noise = None if generator is None else torch.randn(p.loc.shape, generator=generator).to(p.loc.device)
+            z = p.loc if noise is None else p.loc + p.scale * noise
         return self.p_x(z).mean.clamp(0, 1)
 
     @torch.no_grad()
