@@ -195,3 +195,38 @@ def test_a_run_from_the_cli_has_per_layer_analysis_and_an_nll_the_independent_ch
     assert theirs.returncode == 0, theirs.stderr
     nll, check = json.loads(ours.stdout), json.loads(theirs.stdout)
     assert abs(nll["nll"] - check["nll"]) < nll["nll_stderr"], (nll, check)
+
+
+def _independently_checkable(name: str) -> bool:
+    import vaelab.pretrained
+
+    model = json.loads((vaelab.pretrained.path(name) / "model.json").read_text())["config"]["model"]
+    return (
+        model.get("family", "vae") in ("vae", "hierarchical")
+        and model["prior"] == "standard"
+        and model["likelihood"] == ("bernoulli")
+    )
+
+
+def _pretrained_names() -> list[str]:
+    import vaelab.pretrained
+
+    return [name for name in vaelab.pretrained.available() if _independently_checkable(name)]
+
+
+@pytest.mark.parametrize("name", _pretrained_names())
+def test_a_shipped_models_nll_is_what_the_independent_check_computes(name, run_cli, cli_env):
+    """vaelab's estimator and benchmarks/independent_nll.py (plain PyTorch from the safetensors file) on
+    the same test images, each with its own noise: they agree well within the standard error over images."""
+    import vaelab.pretrained
+
+    args = ("--k", "500", "--limit", "20")
+    ours = run_cli("eval", "--pretrained", name, "--nll", *args, "--json", "--fd-samples", "100", timeout=300)
+    assert ours.returncode == 0, ours.stderr
+    theirs = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "independent_nll.py"), str(vaelab.pretrained.path(name)), *args],
+        capture_output=True, text=True, env=cli_env, timeout=300,
+    )  # fmt: skip
+    assert theirs.returncode == 0, theirs.stderr
+    nll, check = json.loads(ours.stdout), json.loads(theirs.stdout)
+    assert abs(nll["nll"] - check["nll"]) < nll["nll_stderr"], (nll, check)
