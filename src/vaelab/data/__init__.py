@@ -1,5 +1,6 @@
-"""Data: IDX reading, the data set registry, in-memory batching."""
+"""Data: IDX reading, the data set registry (with generated data sets that have factors), in-memory batching."""
 
+from vaelab.data import dsprites  # noqa: F401  (registers dsprites and its variants)
 from vaelab.data.batches import Batch, Batches, binarize_fixed, to_unit_float
 from vaelab.data.datasets import (
     ImageDataset,
@@ -10,11 +11,14 @@ from vaelab.data.datasets import (
     register_npz,
     registered_names,
 )
+from vaelab.data.factors import Factor, FactorImages
 from vaelab.data.idx import parse_idx, read_idx, write_idx
 
 __all__ = [
     "Batch",
     "Batches",
+    "Factor",
+    "FactorImages",
     "ImageDataset",
     "binarize_fixed",
     "describe_datasets",

@@ -39,10 +39,11 @@ def binarize_fixed(x: torch.Tensor, seed: int = FIXED_BINARIZATION_SEED, chunk: 
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch: images in [0, 1] and, where the data set has them, their labels."""
+    """One batch: images in [0, 1] and, where the data set has them, their labels and factor classes (B x K)."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
+    factors: torch.Tensor | None = None
 
 
 def _rows_of(index: torch.Tensor | slice, rows: tuple[int, int]) -> torch.Tensor | slice:
@@ -62,12 +63,14 @@ class Batches:
         batch_size: int = 128,
         binarize: str = "none",
         training: bool = True,
+        factors: torch.Tensor | None = None,
     ) -> None:
         self.binarize_each_batch = binarize == "dynamic" and training
         if binarize == "static" or (binarize == "dynamic" and not training):
             images = binarize_fixed(images)
         self.images = images
         self.labels = labels
+        self.factors = factors
         self.batch_size = batch_size
 
     def __len__(self) -> int:
@@ -108,7 +111,7 @@ class Batches:
         shuffle: bool = True,
         rows: Callable[[int], tuple[int, int]] | None = None,
     ) -> Iterator[Batch]:
-        """As :meth:`epoch`, each batch with its labels (None where the split has none)."""
+        """As :meth:`epoch`, each batch with its labels and factors (None where the split has none)."""
         n = len(self.images)
         order = torch.randperm(n, generator=generator) if shuffle else None
         for start in range(0, n, self.batch_size):
@@ -122,7 +125,11 @@ class Batches:
                     x = x[_rows_of(slice(0, stop - start), rows(stop - start))]
             else:
                 x = to_unit_float(self.images[kept])
-            yield Batch(x, None if self.labels is None else self.labels[kept])
+            yield Batch(
+                x,
+                None if self.labels is None else self.labels[kept],
+                None if self.factors is None else self.factors[kept],
+            )
 
     def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Ordered (x, y) batches, for evaluation."""

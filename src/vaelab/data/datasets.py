@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vaelab.core.memory import require_memory
+from vaelab.data.factors import FactorImages
 from vaelab.data.idx import is_raw_idx, memmap_idx, read_idx
 from vaelab.data.sources import (
     SPLIT_FILES,
@@ -73,7 +74,7 @@ MMAP_AUTO_BYTES = 1 << 30
 _MMAP: ContextVar[bool | None] = ContextVar("vaelab_mmap", default=None)
 
 
-def _memory_map(path: Path, raw: bool) -> bool:
+def memory_map(path: Path, raw: bool) -> bool:
     """Whether to memory-map ``path`` (a raw file, if ``raw``) under the current policy."""
     policy = _MMAP.get()
     if not raw or policy is False:
@@ -93,6 +94,11 @@ class ImageDataset:
     source: str
     class_names: tuple[str, ...] = ()
     memory_mapped: bool = False  # images read from disk on demand (numpy.memmap), not held in memory
+    # a data set made from known factors of variation: each image's factor classes (N x K) and the table
+    # of all images by their factors, which the disentanglement metrics sample from
+    factors_train: torch.Tensor | None = None
+    factors_test: torch.Tensor | None = None
+    ground_truth: FactorImages | None = None
 
     def __post_init__(self) -> None:
         where = f"{self.name} ({self.source})"
@@ -113,6 +119,9 @@ class ImageDataset:
                 )
             if y.dim() != 1 or len(y) != len(x):
                 raise VaelabError(f"{where}: {len(x)} {split} images but {tuple(y.shape)} labels; they must match")
+            factors = getattr(self, f"factors_{split}")
+            if factors is not None and (factors.dim() != 2 or len(factors) != len(x)):
+                raise VaelabError(f"{where}: {len(x)} {split} images but factors of shape {tuple(factors.shape)}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise VaelabError(
                 f"{where}: train images are {tuple(self.x_train.shape[1:])} but test images "
@@ -130,6 +139,18 @@ class ImageDataset:
 
         ``train_limit`` / ``test_limit`` (0 = no limit) keep only the first images of a split.
         """
+        rows = self._split_rows(validation_size, train_limit, test_limit)
+        return {split: (x[part], y[part]) for split, (x, y, part) in rows.items()}
+
+    def factor_splits(
+        self, validation_size: int, train_limit: int = 0, test_limit: int = 0
+    ) -> dict[str, torch.Tensor | None]:
+        """The factor classes of the images :meth:`splits` gives (None for a data set without factors)."""
+        rows = self._split_rows(validation_size, train_limit, test_limit)
+        factors = {"train": self.factors_train, "validation": self.factors_train, "test": self.factors_test}
+        return {split: None if factors[split] is None else factors[split][part] for split, (_, _, part) in rows.items()}
+
+    def _split_rows(self, validation_size: int, train_limit: int, test_limit: int) -> dict[str, tuple]:
         n = len(self.x_train)
         if not 0 <= validation_size < n:
             raise VaelabError(f"data.validation_size = {validation_size} must be smaller than the {n} training images")
@@ -137,9 +158,9 @@ class ImageDataset:
         train_end = min(cut, train_limit) if train_limit else cut
         test_end = test_limit or len(self.x_test)
         return {
-            "train": (self.x_train[:train_end], self.y_train[:train_end]),
-            "validation": (self.x_train[cut:], self.y_train[cut:]),
-            "test": (self.x_test[:test_end], self.y_test[:test_end]),
+            "train": (self.x_train, self.y_train, slice(0, train_end)),
+            "validation": (self.x_train, self.y_train, slice(cut, n)),
+            "test": (self.x_test, self.y_test, slice(0, test_end)),
         }
 
 
@@ -237,7 +258,7 @@ def load_idx_folder(
         if md5:
             verify_md5(path, md5[file_name])
         images = "images" in file_name
-        arrays.append(memmap_idx(path) if images and _memory_map(path, is_raw_idx(path)) else read_idx(path))
+        arrays.append(memmap_idx(path) if images and memory_map(path, is_raw_idx(path)) else read_idx(path))
     x_train, y_train, x_test, y_test = arrays
     return _from_arrays(name, x_train, y_train, x_test, y_test, source or str(folder), class_names)
 
@@ -248,7 +269,7 @@ def load_npy_folder(folder: Path, name: str) -> ImageDataset:
     arrays = []
     for file_name in NPY_FILES:
         path = folder / file_name
-        mapped = file_name.startswith("x_") and _memory_map(path, raw=True)
+        mapped = file_name.startswith("x_") and memory_map(path, raw=True)
         try:
             # mapped first even when read into memory: mapping checks the header's size against the file's
             array = np.load(path, mmap_mode="c" if mapped else "r", allow_pickle=False)
@@ -273,7 +294,7 @@ def load_npz(path: Path, name: str) -> ImageDataset:
             missing = [key for key in NPZ_ARRAYS if f"{key}.npy" not in archive.namelist()]
             if missing:
                 raise VaelabError(f"{path} lacks the arrays {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
-            arrays = [_npz_array(archive, key, path) for key in NPZ_ARRAYS]
+            arrays = [npz_member(archive, key, path) for key in NPZ_ARRAYS]
     except FileNotFoundError:
         raise VaelabError(f"data file {path} does not exist") from None
     except (*_UNREADABLE_NPY, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
@@ -281,7 +302,7 @@ def load_npz(path: Path, name: str) -> ImageDataset:
     return _from_arrays(name, *arrays, source=str(path), class_names=())
 
 
-def _npz_array(archive: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
+def npz_member(archive: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
     """One array of an .npz archive, its sizes checked before they are trusted: the member's against
     the memory available, the .npy header's shape against the bytes the member holds."""
     info = archive.getinfo(f"{key}.npy")

@@ -8,6 +8,7 @@ remembered in the user cache, keyed by path, size and modification time, so it i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import urllib.error
@@ -60,6 +61,22 @@ def _verified_record() -> Path:
 
 def verify_md5(path: Path, expected: str) -> None:
     """Check the uncompressed content's MD5, once per (path, size, mtime); raise if it differs."""
+    verify_digest(path, expected, "md5")
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+DIGESTS = {"md5": md5_of_content, "sha256": sha256_of_file}  # md5: of the content inside a gzip wrapper
+
+
+def verify_digest(path: Path, expected: str, algorithm: str) -> None:
+    """Check ``path``'s digest once per (path, size, mtime), remembered in the cache; raise if it differs."""
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -68,14 +85,15 @@ def verify_md5(path: Path, expected: str) -> None:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         record = {}
-    if record.get(key) == expected:
+    if isinstance(record, dict) and record.get(key) == expected:
         return
-    actual = md5_of_content(path)
+    actual = DIGESTS[algorithm](path)
     if actual != expected:
         raise VaelabError(
-            f"{path} failed its checksum (md5 of content {actual}, expected {expected}): "
+            f"{path} failed its checksum ({algorithm} of content {actual}, expected {expected}): "
             "the file is corrupt or not the official one; delete it and fetch it again"
         )
+    record = record if isinstance(record, dict) else {}
     record[key] = expected
     with contextlib.suppress(OSError):  # an unwritable cache only costs a re-check next time
         atomic_write_json(record_path, record)

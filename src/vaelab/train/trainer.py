@@ -75,16 +75,19 @@ def make_batches(config: RunConfig) -> tuple[ImageDataset, dict[str, Batches | N
     """The data set and its train / validation / test batches, exactly as a run of ``config`` uses them."""
     mmap = {"auto": None, "always": True, "never": False}[config.data.mmap]
     dataset = load_dataset(config.data.name, config.data.data_dir or None, mmap=mmap)
-    splits = dataset.splits(config.data.validation_size, config.data.train_limit, config.data.test_limit)
+    sizes = (config.data.validation_size, config.data.train_limit, config.data.test_limit)
+    splits, factors = dataset.splits(*sizes), dataset.factor_splits(*sizes)
     binarize, train = config.data.binarize, config.train
     batches: dict[str, Batches | None] = {
-        "train": Batches(*splits["train"], train.batch_size, binarize, training=True),
+        "train": Batches(*splits["train"], train.batch_size, binarize, training=True, factors=factors["train"]),
         "validation": (
-            Batches(*splits["validation"], train.eval_batch_size, binarize, training=False)
+            Batches(
+                *splits["validation"], train.eval_batch_size, binarize, training=False, factors=factors["validation"]
+            )
             if config.data.validation_size
             else None
         ),
-        "test": Batches(*splits["test"], train.eval_batch_size, binarize, training=False),
+        "test": Batches(*splits["test"], train.eval_batch_size, binarize, training=False, factors=factors["test"]),
     }
     return dataset, batches
 
