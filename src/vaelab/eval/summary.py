@@ -307,11 +307,17 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
 
 def write_evaluation_section(report: Path, result: dict[str, Any]) -> None:
     """Put the "## Evaluation" section into ``report`` (Markdown), replacing an earlier one, else appending."""
+    replace_section(report, SECTION, evaluation_lines(result))
+
+
+def replace_section(report: Path, heading: str, section_lines: list[str]) -> None:
+    """Put ``section_lines`` (starting with the line ``heading``) into the Markdown ``report`` in place of an
+    earlier section under that heading, else at the end."""
     report = Path(report)
     text = report.read_text(encoding="utf-8") if report.exists() else ""
-    section = "\n".join(evaluation_lines(result)) + "\n"
+    section = "\n".join(section_lines) + "\n"
     lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is None:
         body = text.rstrip("\n")
         new = (body + "\n\n" if body else "") + section
@@ -332,5 +338,6 @@ __all__ = [
     "evaluate_model",
     "evaluation_lines",
     "frechet_applicable",
+    "replace_section",
     "write_evaluation_section",
 ]
