@@ -24,6 +24,7 @@ app = typer.Typer(
     help="Train, evaluate, visualise and ship variational autoencoders.",
 )
 SEED_MAX = 2**63 - 1  # torch's generators take a signed 64-bit seed
+DEFAULT_POINTS = 1_000  # vaelab.eval.disentanglement.DEFAULT_POINTS, not imported: `vaelab --help` stays instant
 
 
 def _print_version(value: bool) -> None:
@@ -251,7 +252,8 @@ def plot(
         Path | None, typer.Option("--out", "-o", help="Figures folder (default: RUN_DIR/figures, or figures/NAME).")
     ] = None,
 ) -> None:
-    """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples..."""
+    """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples...; on a data set
+    with factors (dsprites) also the latent traversals and the factor x latent mutual information."""
     from vaelab.data import to_unit_float
     from vaelab.model import load_model
     from vaelab.runs import RunDir
@@ -274,6 +276,13 @@ def plot(
             class_names=dataset.class_names,
             seed=config.train.seed,
         )
+        if dataset.ground_truth is not None and model.can("encode") and not model.takes_labels:
+            from vaelab.eval.factor_eval import normalised_information
+            from vaelab.viz.disentanglement import write_disentanglement_figures
+
+            information = normalised_information(model, dataset, seed=config.train.seed)
+            names = dataset.ground_truth.names
+            paths += write_disentanglement_figures(model, out, test.images[:10], information, names, False)
     for path in paths:
         console.print(str(path))
 
@@ -345,9 +354,28 @@ def evaluate(
         bool, typer.Option("--no-write", help="Do not append to the run's metrics.jsonl and report.md.")
     ] = False,
     threads: Annotated[int, typer.Option(help="Torch threads (0 = torch's default).")] = 0,
+    disentanglement: Annotated[
+        bool,
+        typer.Option(
+            "--disentanglement",
+            help="Instead: BetaVAE, FactorVAE, MIG, SAP and DCI on the data set's factors (dsprites...), and "
+            "the traversal and mutual-information figures (docs/disentanglement.md).",
+        ),
+    ] = False,
+    metric_points: Annotated[
+        int,
+        typer.Option(
+            "--metric-points",
+            min=2,
+            max=1_000_000,
+            help="With --disentanglement: training points of BetaVAE, FactorVAE and DCI (half as many to "
+            "evaluate); 10000 is disentanglement_lib's setting.",
+        ),
+    ] = DEFAULT_POINTS,
 ) -> None:
     """Test-set bound (-ELBO, reconstruction, KL, KL per dimension), active units, posterior collapse, kNN and
     logistic-regression probes, silhouette, Fréchet distance of prior samples; with --nll the IWAE-k NLL.
+    With --disentanglement, instead, the five disentanglement metrics of the posterior means.
 
     A run directory gets the results appended to its metrics.jsonl (a record with "kind": "analysis") and an
     "Evaluation" section in its report.md, unless --no-write or --limit; --pretrained models are only printed.
@@ -366,6 +394,12 @@ def evaluate(
     check_threads("--threads", threads)
     if threads:
         torch.set_num_threads(threads)
+    if disentanglement:
+        if nll or limit:
+            raise VaelabError("--disentanglement is an evaluation of its own: give --nll or --limit in another call")
+        return _evaluate_disentanglement(run_dir, pretrained, as_json, seed, metric_points, no_write)
+    if metric_points != DEFAULT_POINTS:
+        raise VaelabError("--metric-points goes with --disentanglement")
     folder = _model_dir(run_dir, pretrained)
     run = RunDir(folder)
     written = pretrained is None and not no_write and not limit
@@ -408,6 +442,68 @@ def evaluate(
         print(json.dumps(result))
         return
     _print_evaluation(name, result, folder if written else None)
+
+
+def _evaluate_disentanglement(
+    run_dir: Path | None, pretrained: str | None, as_json: bool, seed: int | None, points: int, no_write: bool
+) -> None:
+    from vaelab.eval.disentanglement import Sizes
+    from vaelab.eval.factor_eval import (
+        disentanglement_lines,
+        disentanglement_record,
+        evaluate_disentanglement,
+        normalised,
+        require_factors,
+        write_disentanglement_section,
+    )
+    from vaelab.model import load_model
+    from vaelab.runs import RunDir
+    from vaelab.train import make_batches
+    from vaelab.viz.disentanglement import write_disentanglement_figures
+
+    folder = _model_dir(run_dir, pretrained)
+    run = RunDir(folder)
+    written = pretrained is None and not no_write
+    with run.writing() if written and run.model_json.is_file() else nullcontext():
+        if written:
+            run.records()  # a metrics.jsonl it cannot append to is refused now, not after the evaluation
+        model, config, meta = load_model(folder)
+        dataset, batches = make_batches(config)
+        require_factors(dataset, model)  # before the data's figures or metrics cost anything
+        seed = config.train.seed if seed is None else seed
+        name = pretrained or str(folder)
+        result = {
+            "model": name,
+            "dataset": dataset.name,
+            "seed": seed,
+            **evaluate_disentanglement(model, dataset, seed=seed, sizes=Sizes.points(points)),
+        }
+        figures = []
+        if written:
+            test = batches["test"]
+            figures = write_disentanglement_figures(
+                model, run.figures, test.images[:10], normalised(result), result["factors"]
+            )
+            run.append(disentanglement_record(result, int(meta.get("epochs_trained", 0))))
+            write_disentanglement_section(run.report, result)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"{name}: disentanglement of its posterior means on {result['dataset']} (factors: "
+        f"{', '.join(result['factors'])}; seed {seed})",
+        markup=False,
+    )
+    for line in disentanglement_lines(result):
+        console.print(line, markup=False)
+    console.print(f"took {result['disentanglement_seconds']:.1f} s", markup=False)
+    for path in figures:
+        console.print(str(path), markup=False)
+    if written:
+        console.print(
+            f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a Disentanglement section",
+            markup=False,
+        )
 
 
 def _print_evaluation(name: str, result: dict, written_to: Path | None) -> None:
