@@ -73,6 +73,14 @@ def test_plot_draws_the_traversals_of_a_run_with_factors(run_cli, dsprites_run):
     assert "latent_traversals.png" in result.stdout and "factor_latent_mi.png" in result.stdout
 
 
+def test_a_resumed_run_keeps_its_disentanglement_record(run_cli, dsprites_run):
+    kinds = lambda: [json.loads(line).get("kind") for line in (dsprites_run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert "disentanglement" in kinds()  # from the test above
+    result = run_cli("train", "--resume", dsprites_run, "--epochs", "4", "--no-figures", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "disentanglement" in kinds()
+
+
 def _one_error_line(result, *fragments):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -458,7 +458,7 @@ def _evaluate_disentanglement(
     )
     from vaelab.model import load_model
     from vaelab.runs import RunDir
-    from vaelab.train import make_batches
+    from vaelab.train.trainer import run_dataset
     from vaelab.viz.disentanglement import write_disentanglement_figures
 
     folder = _model_dir(run_dir, pretrained)
@@ -468,8 +468,8 @@ def _evaluate_disentanglement(
         if written:
             run.records()  # a metrics.jsonl it cannot append to is refused now, not after the evaluation
         model, config, meta = load_model(folder)
-        dataset, batches = make_batches(config)
-        require_factors(dataset, model)  # before the data's figures or metrics cost anything
+        dataset = run_dataset(config)  # no batches: a whole split binarised once would be wasted here
+        require_factors(dataset, model)
         seed = config.train.seed if seed is None else seed
         name = pretrained or str(folder)
         result = {
@@ -480,9 +480,8 @@ def _evaluate_disentanglement(
         }
         figures = []
         if written:
-            test = batches["test"]
             figures = write_disentanglement_figures(
-                model, run.figures, test.images[:10], normalised(result), result["factors"]
+                model, run.figures, dataset.x_test[:10], normalised(result), result["factors"]
             )
             run.append(disentanglement_record(result, int(meta.get("epochs_trained", 0))))
             write_disentanglement_section(run.report, result)

@@ -71,10 +71,15 @@ def environment() -> dict[str, str]:
     }
 
 
+def run_dataset(config: RunConfig) -> ImageDataset:
+    """The data set of a run of ``config``, read under its memory-mapping policy."""
+    mmap = {"auto": None, "always": True, "never": False}[config.data.mmap]
+    return load_dataset(config.data.name, config.data.data_dir or None, mmap=mmap)
+
+
 def make_batches(config: RunConfig) -> tuple[ImageDataset, dict[str, Batches | None]]:
     """The data set and its train / validation / test batches, exactly as a run of ``config`` uses them."""
-    mmap = {"auto": None, "always": True, "never": False}[config.data.mmap]
-    dataset = load_dataset(config.data.name, config.data.data_dir or None, mmap=mmap)
+    dataset = run_dataset(config)
     sizes = (config.data.validation_size, config.data.train_limit, config.data.test_limit)
     splits, factors = dataset.splits(*sizes), dataset.factor_splits(*sizes)
     binarize, train = config.data.binarize, config.train
