@@ -367,7 +367,7 @@ def evaluate(
         typer.Option(
             "--metric-points",
             min=2,
-            max=1_000_000,
+            max=100_000,
             help="With --disentanglement: training points of BetaVAE, FactorVAE and DCI (half as many to "
             "evaluate); 10000 is disentanglement_lib's setting.",
         ),

@@ -220,6 +220,13 @@ def _fixed_factor_batches(
     return shared, draws
 
 
+POINT_CHUNK = 256  # points drawn and encoded at a time: memory stays bounded for any number of points
+
+
+def _chunks(n: int) -> list[int]:
+    return [min(POINT_CHUNK, n - start) for start in range(0, n, POINT_CHUNK)]
+
+
 def _codes_of(truth: GroundTruth, represent: Representation, draws: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Codes of the factor draws ``draws`` (... x K), shaped ... x d."""
     flat = draws.reshape(-1, draws.shape[-1])
@@ -239,9 +246,13 @@ def beta_vae_score(
     mean_b |z(x1_b) - z(x2_b)| over ``batch`` pairs sharing one factor, which factor they shared."""
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
-        shared, draws = _fixed_factor_batches(truth, rng, n, batch, copies=2)
-        codes = _codes_of(truth, represent, draws)  # 2 x n x batch x d
-        return np.abs(codes[0] - codes[1]).mean(axis=1), shared
+        features, labels = [], []
+        for count in _chunks(n):
+            shared, draws = _fixed_factor_batches(truth, rng, count, batch, copies=2)
+            codes = _codes_of(truth, represent, draws)  # 2 x count x batch x d
+            features.append(np.abs(codes[0] - codes[1]).mean(axis=1))
+            labels.append(shared)
+        return np.concatenate(features), np.concatenate(labels)
 
     train_x, train_y = points(num_train)
     model = LogisticRegression()
@@ -276,11 +287,12 @@ def factor_vae_score(
         return {"factor_vae_score": 0.0, "factor_vae_train_accuracy": 0.0, "factor_vae_active_dims": 0}
 
     def votes(n: int) -> np.ndarray:
-        shared, draws = _fixed_factor_batches(truth, rng, n, batch, copies=1)
-        codes = _codes_of(truth, represent, draws)[0]  # n x batch x d
-        local = np.var(codes, axis=1, ddof=1)[:, active] / global_variance[active]
         table = np.zeros((num_factors, d), dtype=np.int64)
-        np.add.at(table, (shared, active[np.argmin(local, axis=1)]), 1)
+        for count in _chunks(n):
+            shared, draws = _fixed_factor_batches(truth, rng, count, batch, copies=1)
+            codes = _codes_of(truth, represent, draws)[0]  # count x batch x d
+            local = np.var(codes, axis=1, ddof=1)[:, active] / global_variance[active]
+            np.add.at(table, (shared, active[np.argmin(local, axis=1)]), 1)
         return table
 
     train_votes = votes(num_train)
