@@ -14,7 +14,7 @@ orientation t it is rotated by t (counter-clockwise on screen) and scaled to a d
 ``64 - MARGIN`` pixels (x from the left, y from the top), so no sprite is ever cut by the border. A
 pixel is on when its centre is inside the shape.
 
-Stored rows follow one fixed random permutation of the combinations, so the last ``test_rows`` rows
+Stored rows follow one fixed random permutation of the combinations, so the last ``held_out_rows`` rows
 (the test split) and the last ``data.validation_size`` rows before them are uniform random subsets.
 """
 
@@ -174,7 +174,7 @@ VARIANTS = {
 }
 
 
-def test_rows(total: int) -> int:
+def held_out_rows(total: int) -> int:
     """The size of the test split: a tenth of the images, at most MAX_TEST_ROWS."""
     return min(MAX_TEST_ROWS, total // 10)
 
@@ -205,7 +205,7 @@ def _write_table(
         "source": source,
         "factors": [{"name": f.name, "values": list(f.values)} for f in factors],  # in column order
         "rows": total,
-        "test_rows": test_rows(total),
+        "test_rows": held_out_rows(total),
         "split_seed": SPLIT_SEED,
         "sha256": {IMAGES: sha256_of_file(folder / IMAGES), CLASSES: sha256_of_file(classes_path)},
         "seconds": round(time.perf_counter() - started, 1),
@@ -256,7 +256,8 @@ def generate(variant: Variant, folder: Path) -> None:
 
 def require_disk(folder: Path, nbytes: int, what: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    disk = os.statvfs(folder)
+    free = disk.f_bavail * disk.f_frsize
     if nbytes > free:
         from vaelab.core.memory import size_text
 
@@ -326,8 +327,6 @@ def convert_published(npz: Path, folder: Path) -> None:
     except FileNotFoundError:
         raise VaelabError(f"dSprites file {npz} does not exist") from None
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError) as err:
-        if isinstance(err, VaelabError):
-            raise
         raise VaelabError(f"{npz} is not a readable .npz file ({err})") from None
 
 
@@ -388,10 +387,11 @@ def load(variant: Variant, data_dir: Path | None) -> datasets.ImageDataset:
             convert_published(published, folder)
         else:
             generate(variant, folder)
-    return read_table(folder, variant.name, variant.description)
+    return read_table(folder, variant.name)
 
 
-def read_table(folder: Path, name: str, description: str = "") -> datasets.ImageDataset:
+def read_table(folder: Path, name: str) -> datasets.ImageDataset:
+    """The data set in ``folder`` (written by :func:`generate` or :func:`convert_published`), checksums checked."""
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         factors = tuple(Factor(f["name"], tuple(f["values"])) for f in meta["factors"])
@@ -411,6 +411,8 @@ def read_table(folder: Path, name: str, description: str = "") -> datasets.Image
         require_memory(images.nbytes, f"{name} ({images.shape} images)", "or use data.mmap = 'always'")
         images = np.array(images)
     classes = np.load(folder / CLASSES, allow_pickle=False).astype(np.int64)
+    if not 0 < test < len(images) or len(classes) != len(images):
+        raise VaelabError(f"{folder / META} does not describe its files; delete {folder} and it will be made again")
     images_t, classes_t = torch.from_numpy(images), torch.from_numpy(classes)
     names = [f.name for f in factors]
     label = names.index("shape") if "shape" in names else 0
