@@ -5,6 +5,8 @@ and the glue checked with a hand-made encoder whose answer is known."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -35,6 +37,17 @@ TINY_DSPRITES = [
 ]
 
 
+def vaelab(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
+    """``vaelab ARGS`` through the command line's entry point, in this process (no interpreter to start)."""
+    from vaelab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
+
+
 @pytest.fixture(scope="module")
 def dsprites_run(run_cli, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "dsprites"
@@ -43,8 +56,8 @@ def dsprites_run(run_cli, tmp_path_factory):
     return out
 
 
-def test_eval_disentanglement_gives_the_five_metrics_and_writes_them(run_cli, dsprites_run):
-    result = run_cli("eval", dsprites_run, "--disentanglement", "--json", "--metric-points", "60", timeout=300)
+def test_eval_disentanglement_gives_the_five_metrics_and_writes_them(monkeypatch, capsys, dsprites_run):
+    result = vaelab(monkeypatch, capsys, "eval", dsprites_run, "--disentanglement", "--json", "--metric-points", 60)
     assert result.returncode == 0, result.stderr
     numbers = json.loads(result.stdout)
     for key in D.METRICS:
@@ -61,22 +74,22 @@ def test_eval_disentanglement_gives_the_five_metrics_and_writes_them(run_cli, ds
     report = (dsprites_run / "report.md").read_text()
     assert report.count("## Disentanglement") == 1 and "FactorVAE score" in report
     # again, as text: the same numbers (one seed), the section replaced, not repeated
-    again = run_cli("eval", dsprites_run, "--disentanglement", "--metric-points", "60", timeout=300)
+    again = vaelab(monkeypatch, capsys, "eval", dsprites_run, "--disentanglement", "--metric-points", 60)
     assert again.returncode == 0, again.stderr
     assert f"MIG: {numbers['mig']:.3f}" in again.stdout
     assert (dsprites_run / "report.md").read_text().count("## Disentanglement") == 1
 
 
-def test_plot_draws_the_traversals_of_a_run_with_factors(run_cli, dsprites_run):
-    result = run_cli("plot", dsprites_run, timeout=300)
+def test_plot_draws_the_traversals_of_a_run_with_factors(monkeypatch, capsys, dsprites_run):
+    result = vaelab(monkeypatch, capsys, "plot", dsprites_run)
     assert result.returncode == 0, result.stderr
     assert "latent_traversals.png" in result.stdout and "factor_latent_mi.png" in result.stdout
 
 
-def test_a_resumed_run_keeps_its_disentanglement_record(run_cli, dsprites_run):
+def test_a_resumed_run_keeps_its_disentanglement_record(monkeypatch, capsys, dsprites_run):
     kinds = lambda: [json.loads(line).get("kind") for line in (dsprites_run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert "disentanglement" in kinds()  # from the test above
-    result = run_cli("train", "--resume", dsprites_run, "--epochs", "4", "--no-figures", timeout=300)
+    result = vaelab(monkeypatch, capsys, "train", "--resume", dsprites_run, "--epochs", 4, "--no-figures")
     assert result.returncode == 0, result.stderr
     assert "disentanglement" in kinds()
 
@@ -90,16 +103,20 @@ def _one_error_line(result, *fragments):
         assert fragment in lines[0]
 
 
-def test_a_data_set_without_factors_is_refused_in_one_line(run_cli, trained_run):
+def test_a_data_set_without_factors_is_refused_in_one_line(run_cli, monkeypatch, capsys, trained_run):
     _one_error_line(run_cli("eval", trained_run, "--disentanglement"), "'mnist' has no ground-truth factors")
-    _one_error_line(run_cli("eval", "--pretrained", "seed-2d", "--disentanglement", "--json"), "no ground-truth")
+    result = vaelab(monkeypatch, capsys, "eval", "--pretrained", "seed-2d", "--disentanglement", "--json")
+    _one_error_line(result, "no ground-truth")
     assert "## Disentanglement" not in (trained_run / "report.md").read_text()
 
 
-def test_options_that_do_not_go_together_are_refused(run_cli, trained_run):
-    _one_error_line(run_cli("eval", trained_run, "--disentanglement", "--nll"), "--nll")
-    _one_error_line(run_cli("eval", trained_run, "--metric-points", "50"), "--disentanglement")
-    _one_error_line(run_cli("eval", trained_run, "--disentanglement", "--metric-points", "1"), "--metric-points")
+def test_options_that_do_not_go_together_are_refused(monkeypatch, capsys, trained_run):
+    for args, fragment in [
+        (("--disentanglement", "--nll"), "--nll"),
+        (("--metric-points", 50), "--disentanglement"),
+        (("--disentanglement", "--metric-points", 1), "--metric-points"),
+    ]:
+        _one_error_line(vaelab(monkeypatch, capsys, "eval", trained_run, *args), fragment)
     assert DEFAULT_POINTS == D.DEFAULT_POINTS
 
 
