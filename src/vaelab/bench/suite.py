@@ -34,7 +34,7 @@ from vaelab.bench.timing import Budget, best_rate, timed_windows
 from vaelab.config import ModelConfig, check_threads
 from vaelab.core.platform import cpu_capabilities
 from vaelab.data import Batches, load_dataset
-from vaelab.model import build_vae, make_objective
+from vaelab.model import build_model, build_vae, make_objective
 from vaelab.train.step import TrainStep
 
 MODELS: dict[str, tuple[ModelConfig, Any]] = {
@@ -123,14 +123,16 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 2.0, n: int = 2048) -> Peak
 
 
 def vaelab_train_step(
-    model_config: ModelConfig, precision: str = "fp32", compile: bool = False
+    model_config: ModelConfig, precision: str = "fp32", compile: bool = False, objective=None
 ) -> tuple[torch.nn.Module, TrainStep]:
-    """A seeded MNIST model of ``model_config`` and vaelab's ELBO training step for it, with Adam at
-    1e-3 as the trainer builds them (`vaelab bench` and benchmarks/pythae_side_by_side.py time it)."""
+    """A seeded MNIST model of ``model_config`` (any registered family) and vaelab's training step for
+    it with ``objective`` (default: the ELBO), with Adam at 1e-3 as the trainer builds them (`vaelab
+    bench` and benchmarks/pythae_side_by_side.py time it)."""
     torch.manual_seed(0)
-    model = build_vae(model_config, (1, 28, 28))
+    model = build_model(model_config, (1, 28, 28))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's
-    return model, TrainStep(model, make_objective("elbo"), optimizer, precision, compile=compile)
+    objective = objective or make_objective("elbo")
+    return model, TrainStep(model, objective, optimizer, precision, compile=compile)
 
 
 def vaelab_train_throughput(
