@@ -5,7 +5,8 @@ Burda et al.'s MLP (784-200-200-50 tanh) as ``nn.Sequential``, the distributions
 argument checks, ``torch.optim.Adam``, ``loss.item()`` each step, the data from the tutorial
 ``DataLoader`` of ``reference.py``. Each family changes one piece of the baseline (diagonal Gaussian
 posterior, N(0, I) prior, Bernoulli likelihood) and has vaelab's parameter count, so a step costs the
-same FLOPs on both sides. ``loss(x)`` is the per-image negative ELBO in nats.
+same FLOPs on both sides. ``loss(x)`` is the per-image negative ELBO in nats (the IWAE: the negative
+importance-weighted bound). Beside them, Burda et al.'s two-layer model, its ladder variant and its IWAE.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ class PlainVAE(nn.Module):
 
     binarize = True  # dynamically binarised MNIST (Burda et al.); the continuous likelihoods take grey levels
 
-    def __init__(self, encoder_out: int = 2 * D, decoder_out: int = PIXELS) -> None:
+    def __init__(self, encoder_out: int = 2 * D, decoder_out: int = PIXELS, decoder_in: int = D) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Flatten(), *mlp([PIXELS, *HIDDEN, encoder_out]))
-        self.decoder = nn.Sequential(*mlp([D, *reversed(HIDDEN), decoder_out]))
+        self.decoder = nn.Sequential(*mlp([decoder_in, *reversed(HIDDEN), decoder_out]))
 
     def posterior(self, h: torch.Tensor) -> Normal:
         mu, log_var = h.chunk(2, dim=-1)
@@ -234,6 +235,77 @@ class LogisticMixture(PlainVAE):
         inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid - math.log(255))
         log_probs = torch.where(x < 0.001, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, inner))
         return -torch.logsumexp(log_probs + F.log_softmax(logit_probs, dim=1), dim=1).sum(-1)
+
+
+Z1, Z2, LAYER_HIDDEN = 100, 50, [100, 100]  # Burda et al.'s two stochastic layers and the MLPs between them
+
+
+class TwoLayerVAE(PlainVAE):
+    """Burda et al. (2016), two stochastic layers, bottom-up inference: q(z1|x) from 784-200-200 tanh,
+    q(z2|z1) and p(z1|z2) from 100-100 tanh MLPs, p(z2) = N(0, I), p(x|z1) from the mirrored decoder.
+    The KL of layer 1 (q and p conditioned on different samples) by one sample, of layer 2 in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__(encoder_out=2 * Z1, decoder_in=Z1)
+        self.up = nn.Sequential(*mlp([Z1, *LAYER_HIDDEN, 2 * Z2]))
+        self.down = nn.Sequential(*mlp([Z2, *LAYER_HIDDEN, 2 * Z1]))
+
+    def noise(self, *lead: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # one draw for both layers, as vaelab draws it, so that seeded losses compare
+        return torch.randn(*lead, Z1 + Z2).split([Z1, Z2], dim=-1)
+
+    def loss(self, x):
+        e1, e2 = self.noise(len(x))
+        q1 = self.posterior(self.encoder(x))
+        z1 = q1.loc + q1.scale * e1
+        q2 = self.posterior(self.up(z1))
+        z2 = q2.loc + q2.scale * e2
+        p1 = self.posterior(self.down(z2))
+        kl1 = (q1.log_prob(z1) - p1.log_prob(z1)).sum(-1)
+        kl2 = kl_divergence(q2, Normal(0.0, 1.0)).sum(-1)
+        return self.reconstruction(self.decoder(z1), x.flatten(1)) + kl1 + kl2
+
+
+class LadderVAE(TwoLayerVAE):
+    """Sønderby et al. (2016) on the same networks: a deterministic pass up (the up MLP reads layer 1's
+    mean) gives N(mu^1, s^1) and q(z2|x); q(z1|x, z2) is the precision-weighted product of N(mu^1, s^1)
+    and p(z1|z2). Both KLs in closed form."""
+
+    def loss(self, x):
+        e1, e2 = self.noise(len(x))
+        up1 = self.posterior(self.encoder(x))
+        q2 = self.posterior(self.up(up1.loc))
+        z2 = q2.loc + q2.scale * e2
+        p1 = self.posterior(self.down(z2))
+        precision_up, precision_p = up1.scale.pow(-2), p1.scale.pow(-2)
+        variance = 1 / (precision_up + precision_p)
+        q1 = Normal((up1.loc * precision_up + p1.loc * precision_p) * variance, variance.sqrt())
+        z1 = q1.loc + q1.scale * e1
+        kl = kl_divergence(q1, p1).sum(-1) + kl_divergence(q2, Normal(0.0, 1.0)).sum(-1)
+        return self.reconstruction(self.decoder(z1), x.flatten(1)) + kl
+
+
+class TwoLayerIWAE(TwoLayerVAE):
+    """The bottom-up model trained with Burda et al.'s bound: k samples of (z1, z2) per image,
+    log w = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1), loss
+    -(logsumexp_k log w - log k) per image."""
+
+    def __init__(self, k: int = 50) -> None:
+        super().__init__()
+        self.k = k
+
+    def loss(self, x):
+        e1, e2 = self.noise(self.k, len(x))
+        q1 = self.posterior(self.encoder(x))
+        z1 = q1.loc + q1.scale * e1  # k x B x Z1
+        q2 = self.posterior(self.up(z1))
+        z2 = q2.loc + q2.scale * e2
+        p1 = self.posterior(self.down(z2))
+        logits = self.decoder(z1)
+        log_px = -self.reconstruction(logits, x.flatten(1).expand_as(logits))
+        log_p = p1.log_prob(z1).sum(-1) + Normal(0.0, 1.0).log_prob(z2).sum(-1)
+        log_q = q1.log_prob(z1).sum(-1) + q2.log_prob(z2).sum(-1)
+        return -(torch.logsumexp(log_px + log_p - log_q, dim=0) - math.log(self.k))
 
 
 def training_step(model: PlainVAE, images_uint8: torch.Tensor, batch_size: int = 128) -> Callable[[], int]:
