@@ -1,5 +1,6 @@
 """``vaelab bench --families``: the plain PyTorch references compute vaelab's loss (same weights, same
-noise, same images), they train, and a run within a tiny budget gives a row per family."""
+noise, same images, the row's objective), they train, the hierarchy rows are the burda-*-2l models, and
+a run within a tiny budget gives a row per family."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from vaelab.bench import families as bench_families
 from vaelab.bench import reference_families as plain
 from vaelab.bench.suite import Plan
 from vaelab.data import load_dataset
-from vaelab.model import build_vae
+from vaelab.experiments import EXPERIMENTS
+from vaelab.model import IWAE, build_model, build_objective
 from vaelab.model.base import Context
 
 FAMILIES = bench_families.FAMILIES
@@ -23,8 +25,11 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 
 def _copy_vaelab_weights(model, reference: plain.PlainVAE) -> None:
     """Give the plain model vaelab's weights: the MLPs layer by layer, then the family's own parameters."""
+    networks = [(model.encoder, reference.encoder), (model.decoder, reference.decoder)]
+    if isinstance(reference, plain.TwoLayerVAE):
+        networks += [(model.up, reference.up), (model.down, reference.down)]
     with torch.no_grad():
-        for ours, theirs in [(model.encoder, reference.encoder), (model.decoder, reference.decoder)]:
+        for ours, theirs in networks:
             pairs = list(zip(_linears(ours), _linears(theirs), strict=True))
             for a, b in pairs:
                 b.weight.copy_(a.weight)
@@ -62,7 +67,7 @@ def images():
 def test_the_plain_reference_computes_vaelabs_loss(name, images):
     family = FAMILIES[name]
     torch.manual_seed(0)
-    model = build_vae(family.config, (1, 28, 28))
+    model = build_model(family.config, (1, 28, 28))
     reference = family.make_plain()
     assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
     _copy_vaelab_weights(model, reference)
@@ -71,10 +76,9 @@ def test_the_plain_reference_computes_vaelabs_loss(name, images):
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.manual_seed(2)  # both draw their one batch of posterior noise first, with torch's global RNG
-        parts = model.elbo(x, Context())
+        ours = build_objective(family.objective)(model, x, Context()).total
         torch.manual_seed(2)
         theirs = reference.loss(x)
-    ours = parts.reconstruction + parts.kl
     assert ours.shape == theirs.shape == (32,)
     torch.testing.assert_close(theirs, ours, rtol=2e-5, atol=1e-3)
 
@@ -97,8 +101,41 @@ def test_the_plain_loop_trains(name, images):
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     # and the step the benchmark times runs and counts its images
-    step = plain.training_step(reference, images[:256])
-    assert step() == 128
+    step = plain.training_step(reference, images[:256], family.batch_size)
+    assert step() == family.batch_size
+
+
+@pytest.mark.parametrize(
+    ("name", "experiment"),
+    [
+        ("hierarchical bottom-up", "burda-vae-2l"),
+        ("hierarchical ladder", "burda-vae-2l"),
+        ("hierarchical bottom-up iwae-50", "burda-iwae-2l"),
+    ],
+)
+def test_the_hierarchy_rows_are_the_two_layer_experiments_models(name, experiment):
+    family, config = FAMILIES[name], EXPERIMENTS[experiment].make_config()
+    keys = ("family", "arch", "hidden", "activation", "latent_dim", "stochastic_layers", "layer_hidden", "likelihood")
+    assert {k: getattr(family.config, k) for k in keys} == {k: getattr(config.model, k) for k in keys}
+    assert family.config.inference == ("ladder" if "ladder" in name else config.model.inference)
+    assert (family.objective.name, family.objective.k) == (config.objective.name, config.objective.k)
+    if family.objective.name == "iwae":  # k = 50 at batch 128 would leave a --quick window a step or less
+        assert family.batch_size == config.train.batch_size == 50
+    assert family.binarize == config.data.binarize == "dynamic"
+
+
+def test_the_iwae_row_times_both_sides_on_its_bound_and_batch(monkeypatch, images):
+    family, objectives = FAMILIES["hierarchical bottom-up iwae-50"], []
+    vaelab_train_step = bench_families.vaelab_train_step
+
+    def spy(config, **keys):
+        objectives.append(keys["objective"])
+        return vaelab_train_step(config, **keys)
+
+    monkeypatch.setattr(bench_families, "vaelab_train_step", spy)
+    assert bench_families.vaelab_family_step(family, images)() == 50
+    assert isinstance(objectives[0], IWAE) and objectives[0].k == 50
+    assert bench_families.plain_family_step(family, images)() == 50
 
 
 def test_a_run_within_a_tiny_budget_gives_a_row_per_family():
@@ -112,6 +149,13 @@ def test_a_run_within_a_tiny_budget_gives_a_row_per_family():
     table = bench_families.markdown(results)
     assert table.count("\n| ") == len(FAMILIES) + 1  # the header and a row per family
     assert "| vamp | prior | binarised |" in table and "| logistic-mixture | likelihood | 8-bit levels |" in table
+    assert "| hierarchical ladder | hierarchy | binarised |" in table
+    iwae = results["families"]["hierarchical bottom-up iwae-50"]
+    assert iwae["objective"] == {"name": "iwae", "k": 50} and iwae["batch_size"] == 50
+    assert iwae["model"]["family"] == "hierarchical" and iwae["model"]["stochastic_layers"] == [100, 50]
+    assert results["families"]["hierarchical ladder"]["model"]["inference"] == "ladder"
+    assert results["families"]["mog"]["objective"] == {"name": "elbo", "k": 1}
+    assert "hierarchical bottom-up iwae-50: iwae, k = 50, batch 50" in table.splitlines()[0]
 
 
 def test_what_does_not_fit_the_budget_is_skipped_on_both_sides():

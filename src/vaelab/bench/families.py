@@ -4,7 +4,11 @@ step beside a plain PyTorch loop of the same model (``reference_families``), mea
 Both sides are Burda et al.'s MLP (784-200-200-50 tanh) at batch 128 with Adam at 1e-3, with one piece
 of the baseline (diagonal posterior, N(0, I) prior, Bernoulli likelihood) changed, and the data each
 family is for: dynamically binarised MNIST for the Bernoulli models, grey levels for the continuous
-Bernoulli and the Gaussians, the 256 levels (l / 255) for the logistic mixture.
+Bernoulli and the Gaussians, the 256 levels (l / 255) for the logistic mixture. The hierarchy rows are
+Burda et al.'s two stochastic layers (784-200-200-100, then 100-100-50 tanh, the generative side
+mirrored) with bottom-up or ladder inference, and the bottom-up model trained as ``burda-iwae-2l`` trains
+it: the IWAE bound with k = 50 at that experiment's batch of 50 (at 128 a step of 6,400 samples is
+about as long as a --quick window).
 
 Timed as ``suite`` times its rows, the best of timing windows after a warm-up window, with one
 difference: the two sides' windows alternate (plain, vaelab, vaelab, plain, ...), so that a load
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TextIO
 
 import torch
@@ -26,9 +30,10 @@ from vaelab.allocator import retain_freed_memory
 from vaelab.bench import reference_families as plain
 from vaelab.bench.suite import Plan, Progress, closing_lines, machine_description, vaelab_train_step
 from vaelab.bench.timing import Budget, Window, best_rate, timed_windows
-from vaelab.config import ModelConfig
+from vaelab.config import ModelConfig, ObjectiveConfig
 from vaelab.data import Batches, load_dataset
 from vaelab.errors import VaelabError
+from vaelab.model import build_objective
 
 BURDA = ModelConfig(arch="mlp", hidden=[200, 200], activation="tanh", latent_dim=50)
 VAMP_PSEUDO_INPUTS = 100  # as the families experiments use (Tomczak & Welling: 500)
@@ -36,15 +41,29 @@ VAMP_PSEUDO_INPUTS = 100  # as the families experiments use (Tomczak & Welling: 
 
 @dataclass(frozen=True)
 class Family:
-    kind: str  # posterior | prior | likelihood | baseline
+    kind: str  # posterior | prior | likelihood | baseline | hierarchy
     config: ModelConfig  # vaelab's model
     make_plain: Callable[[], plain.PlainVAE]
     binarize: str  # the data: dynamic (Bernoulli) | none (grey levels; the logistic mixture rounds them to levels)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # both sides' (the plain loss computes it)
+    batch_size: int = 128
 
 
-def _family(kind: str, make_plain, **changes) -> Family:
+def _family(
+    kind: str, make_plain, objective: ObjectiveConfig | None = None, batch_size: int = 128, **changes
+) -> Family:
     config = replace(BURDA, hidden=list(BURDA.hidden), **changes)
-    return Family(kind, config, make_plain, "dynamic" if config.likelihood == "bernoulli" else "none")
+    binarize = "dynamic" if config.likelihood == "bernoulli" else "none"
+    return Family(kind, config, make_plain, binarize, objective or ObjectiveConfig(), batch_size)
+
+
+def _two_layers(make_plain, objective: ObjectiveConfig | None = None, batch_size: int = 128, **changes) -> Family:
+    """Burda et al.'s two stochastic layers on the one-layer model's x <-> z_1 networks, as burda-*-2l build them."""
+    layers = {"stochastic_layers": [plain.Z1, plain.Z2], "layer_hidden": list(plain.LAYER_HIDDEN)}
+    return _family("hierarchy", make_plain, objective, batch_size, family="hierarchical", **layers, **changes)
+
+
+IWAE_2L = ObjectiveConfig(name="iwae", k=50)  # burda-iwae-2l's bound (its batch: 50)
 
 
 FAMILIES: dict[str, Family] = {
@@ -67,18 +86,23 @@ FAMILIES: dict[str, Family] = {
     "logistic-mixture": _family(
         "likelihood", plain.LogisticMixture, likelihood="logistic-mixture", likelihood_components=5
     ),
+    "hierarchical bottom-up": _two_layers(plain.TwoLayerVAE),
+    "hierarchical ladder": _two_layers(plain.LadderVAE, inference="ladder"),
+    "hierarchical bottom-up iwae-50": _two_layers(
+        lambda: plain.TwoLayerIWAE(IWAE_2L.k), objective=IWAE_2L, batch_size=50
+    ),
 }
 
 # two rates per family: windows of 0.8 s (0.3 s with --quick), the best of 8 (3) after a warm-up window
-FULL = Plan(budget=180.0, window=0.8, windows=8, peak=0.0, nll=0.0, compile=False, memory=False)
-QUICK = Plan(budget=50.0, window=0.3, windows=3, peak=0.0, nll=0.0, compile=False, memory=False)
+FULL = Plan(budget=230.0, window=0.8, windows=8, peak=0.0, nll=0.0, compile=False, memory=False)
+QUICK = Plan(budget=65.0, window=0.3, windows=3, peak=0.0, nll=0.0, compile=False, memory=False)
 SETUP_SECONDS = 2.0  # building both models and their steps
 
 
 def vaelab_family_step(family: Family, images: torch.Tensor) -> Callable[[], int]:
-    """One step of vaelab's fp32 ELBO training of ``family`` per call, as the trainer builds it."""
-    _, train_step = vaelab_train_step(family.config)
-    batches = Batches(images, batch_size=128, binarize=family.binarize, training=True)
+    """One step of vaelab's fp32 training of ``family`` with its objective per call, as the trainer builds it."""
+    _, train_step = vaelab_train_step(family.config, objective=build_objective(family.objective))
+    batches = Batches(images, batch_size=family.batch_size, binarize=family.binarize, training=True)
     generator = torch.Generator().manual_seed(0)
 
     def forever():
@@ -98,7 +122,7 @@ def vaelab_family_step(family: Family, images: torch.Tensor) -> Callable[[], int
 def plain_family_step(family: Family, images: torch.Tensor) -> Callable[[], int]:
     """One step of the plain PyTorch loop of ``family`` per call."""
     torch.manual_seed(0)
-    return plain.training_step(family.make_plain(), images)
+    return plain.training_step(family.make_plain(), images, family.batch_size)
 
 
 def alternating_rates(steps: list[Callable[[], int]], window: float, windows: int) -> list[float]:
@@ -159,7 +183,9 @@ def _run(plan: Plan, say: Progress, families: dict[str, Family]) -> dict[str, An
         )
         rows[name] = {
             "kind": family.kind,
-            "model": {k: v for k, v in asdict(family.config).items() if k in _SHOWN},
+            "model": _shown(family.config),
+            "objective": {"name": family.objective.name, "k": family.objective.k},
+            "batch_size": family.batch_size,
             "data": _data(family),
             "images_per_second": rate,
             "reference_images_per_second": plain_rate,
@@ -183,18 +209,35 @@ def _data(family: Family) -> str:
 _SHOWN = ("posterior", "prior", "prior_components", "likelihood", "likelihood_components", "flow_steps", "flow_hidden")
 
 
+def _shown(config: ModelConfig) -> dict[str, Any]:
+    """The slots every row names, and whatever else the row changes from the baseline (a family, its layers)."""
+    baseline = asdict(BURDA)
+    return {k: v for k, v in asdict(config).items() if k in _SHOWN or v != baseline[k]}
+
+
 def markdown(results: dict[str, Any]) -> str:
     machine, cpu = results["machine"], results["machine"]["cpu"]
     extensions = ", ".join(cpu["extensions"]) or "no AVX2"
+    rows = results["families"]
+    models = "Burda et al.'s MLP (784-200-200-50 tanh), batch 128, fp32, Adam"
+    if any(row["kind"] == "hierarchy" for row in rows.values()):
+        models += "; the hierarchy rows: their two stochastic layers (784-200-200-100, 100-100-50 tanh, mirrored)"
+    bounds = [
+        f"{name}: {row['objective']['name']}, k = {row['objective']['k']}, batch {row['batch_size']}"
+        for name, row in rows.items()
+        if row["objective"]["name"] != "elbo" or row["batch_size"] != 128
+    ]
+    if bounds:
+        models += f" ({'; '.join(bounds)}; img/s counts images, not samples)"
     lines = [
         f"Machine: {cpu['model']} ({extensions}), {machine['threads']} threads, torch {machine['torch']}; "
-        "Burda et al.'s MLP (784-200-200-50 tanh), batch 128, fp32, Adam; each rate the best of "
+        f"{models}; each rate the best of "
         f"{results['plan']['windows']} windows of {results['plan']['window']} s, the two sides' windows alternating.",
         "",
         "| family | kind | data | vaelab fp32 img/s | plain PyTorch img/s | speed-up |",
         "|---|---|---|---|---|---|",
     ]
-    for name, row in results["families"].items():
+    for name, row in rows.items():
         lines.append(
             f"| {name} | {row['kind']} | {row['data']} | {row['images_per_second']:.0f} "
             f"| {row['reference_images_per_second']:.0f} | {row['speedup_vs_reference']:.2f}x |"
