@@ -137,7 +137,7 @@ def test_the_shipped_cvae_draws_the_digit_it_is_asked_for(run_cli, tmp_path):
     from vaelab.viz import tile_origin
 
     out = tmp_path / "sevens.png"
-    result = run_cli("sample", "--pretrained", "cvae-2d", "--label", "7", "-n", "64", "-o", out)
+    result = run_cli("sample", "--pretrained", "cvae-2d", "--label", "7", "-n", "64", "--scale", "1", "-o", out)
     assert result.returncode == 0, result.stderr
     grid = imread(out)[..., 0]  # a grey grid written through the gray colormap: R = G = B = the pixel
     tiles = [grid[top : top + 28, left : left + 28] for top, left in (tile_origin(i, 8, 28, 28) for i in range(64))]

@@ -15,6 +15,7 @@ from vaelab.config import ModelConfig
 from vaelab.errors import VaelabError
 from vaelab.model import build_vae
 from vaelab.viz import (
+    FigureFormat,
     cross_section_latents,
     decode_latents,
     encode_means,
@@ -22,7 +23,10 @@ from vaelab.viz import (
     interpolation,
     interpolation_latents,
     latent_manifold,
+    latent_pca,
     latent_scatter,
+    latent_scatter_3d,
+    latent_traversals,
     loss_curves,
     manifold_cross_sections,
     manifold_latents,
@@ -30,6 +34,7 @@ from vaelab.viz import (
     prior_samples,
     reconstructions,
     save_figure,
+    sweep_axes,
     tile_origin,
     write_run_figures,
 )
@@ -265,6 +270,7 @@ def test_save_figure_writes_png_without_pyplot(tmp_path):
         (2, "standard", "conv", {"latent_manifold.png", "latent_scatter.png"}),
         (2, "correlated", "mlp", {"latent_manifold.png", "latent_scatter.png"}),
         (3, "standard", "mlp", {"latent_scatter_3d.png", "latent_projections.png", "manifold_cross_sections.png"}),
+        (5, "standard", "mlp", {"latent_manifold.png", "latent_traversals.png", "latent_pca.png"}),
     ],
 )
 def test_write_run_figures(tmp_path, data, latent_dim, prior, arch, expected):
@@ -320,4 +326,100 @@ def test_scatter_draws_a_learned_prior_where_it_is():
     fig = pairwise_projections(torch.randn(30, 3), torch.arange(30) % 4, **_prior_drawing(small_vae(3, "mog")))
     assert "not Gaussian" in fig._suptitle.get_text()
     assert not [p for ax in fig.axes for p in ax.patches if isinstance(p, Ellipse)]
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ formats, 3-D views, more dimensions
+
+
+@pytest.mark.parametrize(("kind", "magic"), [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_write_run_figures_in_the_format_asked(tmp_path, data, kind, magic):
+    x, y = data
+    paths = write_run_figures(small_vae(2), tmp_path, [], x, y, figure_format=FigureFormat(kind, 60))
+    assert {p.suffix for p in paths} == {"." + kind} and len(paths) == 5
+    assert all(p.read_bytes().startswith(magic) for p in paths)
+
+
+def test_the_dpi_sets_a_png_figures_size(tmp_path, data):
+    x, y = data
+    sizes = {}
+    for dpi in (50, 200):
+        (path,) = [
+            p
+            for p in write_run_figures(small_vae(2), tmp_path / str(dpi), [], x, y, figure_format=FigureFormat(dpi=dpi))
+            if p.stem == "samples"
+        ]
+        sizes[dpi] = mpimg.imread(path).shape[:2]
+    assert sizes[200][0] == pytest.approx(4 * sizes[50][0], rel=0.02)
+
+
+@pytest.mark.parametrize("bad", [("gif", 110), ("png", 5), ("png", 5000), ("png", 1.5)])
+def test_a_bad_format_or_dpi_is_refused(bad):
+    with pytest.raises(VaelabError, match="figure format|dpi"):
+        FigureFormat(*bad)
+
+
+def test_the_cross_sections_grid_the_two_most_active_dimensions():
+    model = small_vae(3)
+    assert sweep_axes([0.0004, 0.95, 0.82]) == (1, 2, 0)
+    assert sweep_axes([0.9, 0.001, 0.5]) == (0, 2, 1)
+    z = cross_section_latents(model, 1.5, n=4, span=2.0, axes=(1, 2, 0))
+    torch.testing.assert_close(z[:, [1, 2]], expected_u_grid(4, 2.0))
+    assert (z[:, 0] == 1.5).all()
+    fig = manifold_cross_sections(model, values=(-1.0, 1.0), n=4, variances=[0.0004, 0.95, 0.82])
+    assert [ax.get_title() for ax in fig.axes] == ["z[0] = -1", "z[0] = 1"]
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("z[1]", "z[2]")
+    assert "two most active" in fig._suptitle.get_text() and "collapsed" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_the_3d_scatter_has_equal_axes_so_a_collapsed_dimension_is_flat():
+    g = torch.Generator().manual_seed(0)
+    means = torch.cat([0.02 * torch.randn(200, 1, generator=g), torch.randn(200, 2, generator=g)], 1)
+    fig = latent_scatter_3d(means, torch.arange(200) % 10)
+    ax = fig.axes[0]
+    spans = [np.ptp(lim) for lim in (ax.get_xlim(), ax.get_ylim(), ax.get_zlim())]
+    assert spans == pytest.approx([spans[0]] * 3) and spans[0] > 2
+    assert "equal axes" in ax.get_title() and "z0 barely varies" in ax.get_title()
+    assert ax.get_xlabel().startswith("z[0] (sd 0.0")
+    plt.close(fig)
+
+
+def test_traversals_move_one_dimension_per_row_most_active_first():
+    model = small_vae(5)
+    means = torch.zeros(50, 5)
+    means[:, 3] = torch.linspace(-2, 2, 50)
+    means[:, 1] = torch.linspace(-1, 1, 50)
+    fig = latent_traversals(model, means, steps=3, span=2.0, max_rows=2)
+    ax = fig.axes[0]
+    assert [label.get_text().split()[0] for label in ax.get_yticklabels()] == ["z[3]", "z[1]"]
+    assert "2 most active of 5" in ax.get_title()
+    rows = image_grid(
+        decode_latents(model, torch.tensor([[0, 0, 0, -2.0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 2.0, 0]])), nrow=3
+    )
+    np.testing.assert_allclose(ax.images[0].get_array()[: rows.shape[0]], rows, atol=1e-6)
+    plt.close(fig)
+
+
+def test_the_pca_view_projects_the_means_on_their_main_directions():
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(300, 6, generator=g) * torch.tensor([0.01, 3.0, 0.01, 1.0, 0.01, 0.01])
+    fig = latent_pca(means, torch.arange(300) % 3)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("principal component 1 (9") and "component 2" in ax.get_ylabel()
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections])
+    assert np.std(xs) == pytest.approx(means[:, 1].std().item(), rel=0.05)
+    plt.close(fig)
+
+
+def test_a_one_epoch_loss_plot_shows_the_validation_point_beside_the_test_star():
+    records = [
+        {"epoch": 1, "split": s, "total": v, "reconstruction": v - 5, "kl": 5.0}
+        for s, v in (("train", 160.0), ("validation", 155.0), ("test", 155.0))
+    ]
+    fig = loss_curves(records)
+    _, validation, test = fig.axes[0].lines
+    assert validation.get_marker() == "o" and validation.get_zorder() > test.get_zorder()
+    assert test.get_markerfacecolor() == "none"
+    assert list(fig.axes[0].get_xticks()) == [1]
     plt.close(fig)

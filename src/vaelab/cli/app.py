@@ -62,6 +62,17 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 Gradient = _choices("Gradient", ("reparam", "dreg"))
 Binarize = _choices("Binarize", ("none", "dynamic", "static"))
 Precision = _choices("Precision", ("fp32", "bf16"))
+FigureKind = _choices("FigureKind", ("png", "svg", "pdf"))  # vaelab.viz.FORMATS, without importing matplotlib
+FormatOpt = Annotated[FigureKind, typer.Option("--format", help="Figure files: png, svg or pdf.")]
+DpiOpt = Annotated[
+    int, typer.Option("--dpi", min=20, max=1200, help="Resolution of PNG figures (and of images inside svg/pdf).")
+]
+
+
+def _figure_format(kind: FigureKind, dpi: int):
+    from vaelab.viz import FigureFormat
+
+    return FigureFormat(kind.value, dpi)
 
 
 class Interrupted(Exception):
@@ -143,10 +154,14 @@ def train(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cpu).")] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
+    figure_kind: FormatOpt = FigureKind.png,
+    dpi: DpiOpt = 110,
 ) -> None:
     """Train a VAE. With no options: the study's experiment 1 (2-D conv VAE, MNIST, 30 epochs)."""
     options_given = [
-        name for name, value in locals().items() if value and name not in ("resume", "no_figures", "epochs")
+        name
+        for name, value in locals().items()
+        if value and name not in ("resume", "no_figures", "epochs", "figure_kind", "dpi")
     ]
     from vaelab.config import RunConfig, apply_overrides
     from vaelab.runs import RunDir
@@ -154,6 +169,7 @@ def train(
     from vaelab.train.distributed import launched_rank
 
     main = launched_rank() == 0  # under torchrun only rank 0 writes and reports
+    figure_format = _figure_format(figure_kind, dpi)
 
     if resume is not None:
         if options_given:
@@ -162,7 +178,9 @@ def train(
                 "(only --epochs, to extend the run, and --no-figures go with --resume)"
             )
         try:
-            trainer = Trainer.resume(resume, figures=not no_figures)  # holds the run's lock until fit() ends
+            trainer = Trainer.resume(
+                resume, figures=not no_figures, figure_format=figure_format
+            )  # holds the run's lock until fit() ends
             if epochs is not None:
                 if epochs < trainer.epoch:
                     raise VaelabError(f"{resume} has already trained {trainer.epoch} epochs; --epochs must be >= that")
@@ -208,7 +226,7 @@ def train(
                 _check_fresh_out(out)
                 if main:
                     err_console.print(f"training into {out}")
-                test = Trainer(config, out, figures=not no_figures).fit()
+                test = Trainer(config, out, figures=not no_figures, figure_format=figure_format).fit()
         except KeyboardInterrupt:
             raise _interrupted_training(out) from None
     if test:  # rank 0 (the others return no test metrics)
@@ -251,6 +269,8 @@ def plot(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Figures folder (default: RUN_DIR/figures, or figures/NAME).")
     ] = None,
+    figure_kind: FormatOpt = FigureKind.png,
+    dpi: DpiOpt = 110,
 ) -> None:
     """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples...; on a data set
     with factors (dsprites) also the latent traversals and the factor x latent mutual information."""
@@ -275,6 +295,7 @@ def plot(
             test.labels,
             class_names=dataset.class_names,
             seed=config.train.seed,
+            figure_format=_figure_format(figure_kind, dpi),
         )
         if dataset.ground_truth is not None and model.can("encode") and not model.takes_labels:
             from vaelab.eval.factor_eval import normalised_information
@@ -295,12 +316,22 @@ def sample(
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Sampling seed.")] = 0,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="PNG path (default: RUN_DIR/figures/samples-N-seedS[-labelL].png)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Image path, .png, .svg or .pdf (default: RUN_DIR/figures/samples-N-seedS[-labelL].png).",
+        ),
     ] = None,
     label: Annotated[
         int | None,
         typer.Option("--label", help="Decode every draw under this label (a conditional model, e.g. cvae)."),
     ] = None,
+    figure_kind: Annotated[
+        FigureKind | None, typer.Option("--format", help="png, svg or pdf (default: --out's suffix, else png).")
+    ] = None,
+    scale: Annotated[
+        int, typer.Option("--scale", min=1, max=32, help="Screen pixels per image pixel, nearest neighbour.")
+    ] = 4,
 ) -> None:
     """Decode N draws from the prior into a PNG grid (a conditional model: the classes in turn, or --label's)."""
     import torch
@@ -315,9 +346,12 @@ def sample(
     images = sampler.sample(n, generator=torch.Generator().manual_seed(seed))
     default_dir = Path("figures") / pretrained if pretrained else folder / "figures"
     into_run = out is None and pretrained is None
-    out = out or default_dir / f"samples-{n}-seed{seed}{'' if label is None else f'-label{label}'}.png"
+    suffix = f".{figure_kind.value}" if figure_kind else ".png"
+    out = out or default_dir / f"samples-{n}-seed{seed}{'' if label is None else f'-label{label}'}{suffix}"
+    if figure_kind and out.suffix.lower() != suffix:
+        raise VaelabError(f"--out {out} does not end in {suffix}, the --format asked for")
     with RunDir(folder).writing() if into_run else nullcontext():
-        save_image_grid(images, out)
+        save_image_grid(images, out, scale=scale)
     console.print(str(out))
 
 
@@ -546,13 +580,17 @@ def reproduce(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key of every experiment's config (quick trials).")
     ] = None,
+    figure_kind: FormatOpt = FigureKind.png,
+    dpi: DpiOpt = 110,
 ) -> None:
     """Train a published experiment (or reuse/resume its run), draw its figures, report against the paper."""
     from vaelab.experiments import GROUPS
     from vaelab.experiments.reproduce import reproduce as run
 
     try:
-        results = run(name, out, epochs, console=err_console, overrides=set_)
+        results = run(
+            name, out, epochs, console=err_console, overrides=set_, figure_format=_figure_format(figure_kind, dpi)
+        )
     except KeyboardInterrupt:
         again = shlex.join(["vaelab", "reproduce", name, "--out", str(out)])
         raise Interrupted(f"interrupted; run `{again}` again to resume (with the same options)") from None

@@ -63,7 +63,12 @@ def _trained_run(experiment: Experiment, run: RunDir, config: RunConfig, console
 
 
 def run_experiment(
-    name: str, out: Path, epochs: int | None = None, console: Console | None = None, overrides: list[str] | None = None
+    name: str,
+    out: Path,
+    epochs: int | None = None,
+    console: Console | None = None,
+    overrides: list[str] | None = None,
+    figure_format: Any = None,
 ) -> dict[str, Any]:
     """Train (or reuse) one experiment, then write its figures, report and ``results.json``.
 
@@ -81,10 +86,12 @@ def run_experiment(
     run = RunDir(Path(out) / name)
     with run.writing(create=True):  # one writer: a second reproduce of the same run is refused
         _trained_run(experiment, run, config, console)
-        return _measure_and_report(name, experiment, run, console)
+        return _measure_and_report(name, experiment, run, console, figure_format)
 
 
-def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console: Console) -> dict[str, Any]:
+def _measure_and_report(
+    name: str, experiment: Experiment, run: RunDir, console: Console, figure_format: Any = None
+) -> dict[str, Any]:
     """The finished run's analysis, figures, report and ``results.json``."""
     from vaelab.viz import write_run_figures
 
@@ -106,6 +113,7 @@ def _measure_and_report(name: str, experiment: Experiment, run: RunDir, console:
         test_split.labels,
         class_names=dataset.class_names,
         seed=config.train.seed,
+        figure_format=figure_format,
     )
     write_run_report(run_dir, config, records, figures)
     train_seconds = sum(r.get("seconds", 0.0) for r in records if r["split"] == "train")
@@ -178,11 +186,16 @@ def nll_section(result: dict[str, Any]) -> str:
 
 
 def reproduce(
-    name: str, out: Path, epochs: int | None = None, console: Console | None = None, overrides: list[str] | None = None
+    name: str,
+    out: Path,
+    epochs: int | None = None,
+    console: Console | None = None,
+    overrides: list[str] | None = None,
+    figure_format: Any = None,
 ) -> list[dict[str, Any]]:
     """Run an experiment or a group of them; a group also gets ``OUT/report.md`` and ``OUT/results.json``."""
     names = expand(name)
-    results = [run_experiment(n, out, epochs, console, overrides) for n in names]
+    results = [run_experiment(n, out, epochs, console, overrides, figure_format) for n in names]
     if name in GROUPS:
         atomic_write_json(Path(out) / "results.json", results)
         atomic_write_text(Path(out) / "report.md", group_report(name, results))

@@ -105,11 +105,19 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
 class Trainer:
     """Trains one run. ``Trainer(config, run_dir).fit()``, or ``Trainer.resume(run_dir).fit()``."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, console: Console | None = None, figures: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        console: Console | None = None,
+        figures: bool = True,
+        figure_format: Any = None,
+    ):
         self.config = config.validate()
         self.run_dir = Path(run_dir)
         self.console = console or Console(stderr=True, soft_wrap=True)
         self.figures = figures
+        self.figure_format = figure_format  # a vaelab.viz.FigureFormat; None: PNG at the default dpi
         network_dtype(config.train.precision, torch.device(config.train.device).type)  # refuse before any work
         retain_freed_memory()  # reuse freed activations instead of faulting in fresh pages every step
         train = config.train
@@ -176,7 +184,9 @@ class Trainer:
         return RunDir(self.run_dir)
 
     @classmethod
-    def resume(cls, run_dir: Path, console: Console | None = None, figures: bool = True) -> Trainer:
+    def resume(
+        cls, run_dir: Path, console: Console | None = None, figures: bool = True, figure_format: Any = None
+    ) -> Trainer:
         """The trainer of an interrupted (or finished, to extend) run; it holds the run's writer lock."""
         run = RunDir(run_dir)
         if not run.own(CONFIG).is_file():
@@ -185,7 +195,9 @@ class Trainer:
         try:
             if launched_rank() == 0:  # only rank 0 writes the run
                 lock.enter_context(run.writing())
-            trainer = cls(RunConfig.load(run.config), run.path, console=console, figures=figures)
+            trainer = cls(
+                RunConfig.load(run.config), run.path, console=console, figures=figures, figure_format=figure_format
+            )
             rng, info = load_checkpoint(run.own(CHECKPOINT), trainer.model, trainer.optimizer, trainer.averaged)
             torch.set_rng_state(rng["torch"])
             trainer.data_generator.set_state(rng["data"])
@@ -505,6 +517,7 @@ class Trainer:
             y,
             class_names=self.dataset.class_names,
             seed=self.config.train.seed,
+            figure_format=self.figure_format,
         )
 
 

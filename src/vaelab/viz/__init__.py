@@ -3,7 +3,10 @@
 ``viz`` draws; it never trains. It imports only from model, distributions, data, config, io, errors.
 """
 
+from vaelab.viz.dimensions import latent_pca, latent_traversals
 from vaelab.viz.figures import (
+    FORMATS,
+    FigureFormat,
     cross_section_latents,
     decode_latents,
     encode_means,
@@ -19,11 +22,14 @@ from vaelab.viz.figures import (
     prior_samples,
     reconstructions,
     save_figure,
+    sweep_axes,
     write_run_figures,
 )
 from vaelab.viz.grid import image_grid, save_image_grid, tile_origin
 
 __all__ = [
+    "FORMATS",
+    "FigureFormat",
     "cross_section_latents",
     "decode_latents",
     "encode_means",
@@ -31,8 +37,10 @@ __all__ = [
     "interpolation",
     "interpolation_latents",
     "latent_manifold",
+    "latent_pca",
     "latent_scatter",
     "latent_scatter_3d",
+    "latent_traversals",
     "loss_curves",
     "manifold_cross_sections",
     "manifold_latents",
@@ -41,6 +49,7 @@ __all__ = [
     "reconstructions",
     "save_figure",
     "save_image_grid",
+    "sweep_axes",
     "tile_origin",
     "write_run_figures",
 ]

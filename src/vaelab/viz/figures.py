@@ -1,7 +1,9 @@
 """Figures of a trained VAE: manifolds, latent scatters, loss curves, samples, reconstructions.
 
 Every function returns a matplotlib :class:`~matplotlib.figure.Figure`; :func:`save_figure` writes
-it atomically as PNG and closes it. Model work runs under ``torch.no_grad`` in eval mode (the
+it atomically as PNG, SVG or PDF (the path's suffix) and closes it; :class:`FigureFormat` is the one
+choice of format and resolution that ``write_run_figures`` (and so ``train``, ``plot`` and
+``reproduce``) hands down. Model work runs under ``torch.no_grad`` in eval mode (the
 model's mode is restored afterwards), decodes and encodes in batches, and returns to the CPU.
 
 Latent grids follow the study (and Keras' VAE example): rows top to bottom have the second
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +34,34 @@ from vaelab.model import VAE
 from vaelab.viz.grid import image_grid
 
 DPI = 110
+DPI_RANGE = (20, 1200)  # below, text is unreadable; above, a figure is hundreds of megapixels
+FORMATS = ("png", "svg", "pdf")
 BATCH = 1000
+COLLAPSED_VARIANCE = 0.01  # Cov_x(E_q[z_j]) at or below this: an inactive unit (Burda et al. 2016, as vaelab.eval)
 LOSS_TERMS = (("total", "total (negative ELBO)"), ("reconstruction", "reconstruction"), ("kl", "KL"))
 SPLIT_STYLE = {"train": ("C0", "-"), "validation": ("C1", "-")}
 
 ArrayLike = torch.Tensor | np.ndarray
+
+
+@dataclass(frozen=True)
+class FigureFormat:
+    """How figures are written: ``kind`` png, svg or pdf, and ``dpi`` (a PNG's resolution; the
+    resolution of the images embedded in an SVG or PDF, whose lines and text are vectors)."""
+
+    kind: str = "png"
+    dpi: int = DPI
+
+    def __post_init__(self) -> None:
+        if self.kind not in FORMATS:
+            raise VaelabError(f"the figure format must be one of {', '.join(FORMATS)}, got {self.kind!r}")
+        low, high = DPI_RANGE
+        if isinstance(self.dpi, bool) or not isinstance(self.dpi, int) or not low <= self.dpi <= high:
+            raise VaelabError(f"the figures' dpi must be a whole number from {low} to {high}, got {self.dpi!r}")
+
+    def file_name(self, name: str) -> str:
+        """``name`` (e.g. ``samples.png``) with this format's suffix."""
+        return Path(name).stem + "." + self.kind
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -122,12 +148,14 @@ def _grid_values(n: int, span: float) -> torch.Tensor:
     return torch.linspace(-span, span, n)
 
 
-def _u_grid(n: int, span: float, latent_dim: int, fixed: Mapping[int, float] | None = None) -> torch.Tensor:
-    """n*n x d grid in display order: row r has u1 = values[n-1-r], column c has u0 = values[c]."""
+def _u_grid(
+    n: int, span: float, latent_dim: int, fixed: Mapping[int, float] | None = None, dims: tuple[int, int] = (0, 1)
+) -> torch.Tensor:
+    """n*n x d grid in display order: row r has u[dims[1]] = values[n-1-r], column c has u[dims[0]] = values[c]."""
     values = _grid_values(n, span)
     u = torch.zeros(n * n, latent_dim)
-    u[:, 0] = values.repeat(n)
-    u[:, 1] = values.flip(0).repeat_interleave(n)
+    u[:, dims[0]] = values.repeat(n)
+    u[:, dims[1]] = values.flip(0).repeat_interleave(n)
     for dim, value in (fixed or {}).items():
         u[:, dim] = value
     return u
@@ -152,14 +180,28 @@ def manifold_latents(model: VAE, n: int = 20, span: float = 3.0) -> torch.Tensor
     return _to_prior_geometry(model, _u_grid(n, span, model.latent_dim))
 
 
-def cross_section_latents(model: VAE, value: float, n: int = 15, span: float = 3.0) -> torch.Tensor:
-    """The n*n x d latents of one :func:`manifold_cross_sections` panel: the (z0, z1) grid at z2 = value.
+def cross_section_latents(
+    model: VAE, value: float, n: int = 15, span: float = 3.0, axes: tuple[int, int, int] = (0, 1, 2)
+) -> torch.Tensor:
+    """The n*n x d latents of one :func:`manifold_cross_sections` panel: the grid over dimensions
+    ``axes[0]`` (columns) and ``axes[1]`` (rows) with dimension ``axes[2]`` = value (default: the
+    (z0, z1) grid at z2 = value). Other dimensions are 0. For a correlated prior the grid is in u and
+    mapped by L."""
+    d = model.latent_dim
+    if d < 3:
+        raise VaelabError(f"cross-sections at a fixed third dimension need latent_dim >= 3, the model has {d}")
+    if len(set(axes)) != 3 or not all(0 <= a < d for a in axes):
+        raise VaelabError(f"cross-section axes must be three different dimensions of 0..{d - 1}, got {tuple(axes)}")
+    grid = _u_grid(n, span, d, {axes[2]: float(value)}, dims=(axes[0], axes[1]))
+    return _to_prior_geometry(model, grid)
 
-    Other dimensions are 0. For a correlated prior the grid is in u (u2 = value) and mapped by L.
-    """
-    if model.latent_dim < 3:
-        raise VaelabError(f"cross-sections at fixed z2 need latent_dim >= 3, the model has {model.latent_dim}")
-    return _to_prior_geometry(model, _u_grid(n, span, model.latent_dim, {2: float(value)}))
+
+def sweep_axes(variances: Sequence[float]) -> tuple[int, int, int]:
+    """(grid x, grid y, fixed) for cross-sections: the grid over the two dimensions whose posterior means
+    vary most (in index order), the panels along the next; so a collapsed dimension is never swept."""
+    order = [int(j) for j in np.argsort(-np.asarray(variances, dtype=np.float64), kind="stable")]
+    first, second = sorted(order[:2])
+    return first, second, order[2]
 
 
 def _tick_positions(n: int, size: int, padding: int = 2) -> np.ndarray:
@@ -389,15 +431,27 @@ def latent_scatter(
 
 
 def latent_scatter_3d(means: ArrayLike, labels: ArrayLike, class_names: Sequence[str] | None = None) -> Figure:
-    """Latent means (first three dimensions) in a 3-D scatter coloured by class."""
+    """Latent means (first three dimensions) in a 3-D scatter coloured by class, on equal axes, so a
+    dimension whose means barely vary (a collapsed one) is drawn flat instead of stretched to fill its
+    axis; each axis label gives the spread (standard deviation) of its means."""
     points, labels = _check_means_labels(means, labels, 3)
     fig = Figure(figsize=(8.5, 7))
     ax = fig.add_subplot(projection="3d")
     handles, texts = _scatter_classes(ax, points[:, :3], labels, class_names, size=6.0)
-    ax.set_xlabel("z[0]", labelpad=8)
-    ax.set_ylabel("z[1]", labelpad=8)
-    ax.set_zlabel("z[2]", labelpad=10)
-    ax.set_title("Latent means of the test set (3-D)")
+    spread = points[:, :3].std(0)
+    for j, (set_label, pad) in enumerate(((ax.set_xlabel, 8), (ax.set_ylabel, 8), (ax.set_zlabel, 10))):
+        set_label(f"z[{j}] (sd {spread[j]:.2g})", labelpad=pad)
+    # one scale on all three axes (a cube): ax.set_aspect("equal") would squash a flat axis to nothing
+    centre = (points[:, :3].max(0) + points[:, :3].min(0)) / 2
+    half = max(float((points[:, :3].max(0) - points[:, :3].min(0)).max()) / 2, 1e-6) * 1.05
+    for j, set_lim in enumerate((ax.set_xlim, ax.set_ylim, ax.set_zlim)):
+        set_lim(centre[j] - half, centre[j] + half)
+    ax.set_box_aspect((1, 1, 1))
+    title = "Latent means of the test set (3-D, equal axes)"
+    flat = [f"z{j}" for j in range(3) if spread[j] ** 2 <= COLLAPSED_VARIANCE]
+    if flat:
+        title += f"\n{', '.join(flat)} barely varies: collapsed to the prior"
+    ax.set_title(title)
     _legend(fig, ax, handles, texts)
     fig.tight_layout()
     return fig
@@ -442,23 +496,42 @@ def pairwise_projections(
 
 
 def manifold_cross_sections(
-    model: VAE, values: Sequence[float] = (-1.0, 0.0, 1.0), n: int = 15, span: float = 3.0
+    model: VAE,
+    values: Sequence[float] = (-1.0, 0.0, 1.0),
+    n: int = 15,
+    span: float = 3.0,
+    axes: tuple[int, int, int] | None = None,
+    variances: Sequence[float] | None = None,
 ) -> Figure:
-    """One decoded (z0, z1) grid per value of z2 (u2 for a correlated prior)."""
+    """One decoded grid per value of the third of ``axes`` (u for a correlated prior). Without ``axes``:
+    the grid over the two dimensions whose posterior means vary most (``variances``, one per dimension:
+    Cov_x(E_q[z_j]) on data) and the panels along the next, or (z0, z1) at fixed z2 when no variances
+    are given."""
     if not values:
-        raise VaelabError("manifold_cross_sections needs at least one z2 value")
+        raise VaelabError("manifold_cross_sections needs at least one value of the fixed dimension")
+    if axes is None:
+        axes = sweep_axes(variances) if variances is not None else (0, 1, 2)
+    gx, gy, fixed = axes
     correlated = _is_correlated(model)
     sym = "u" if correlated else "z"
-    fig, axes = _subplots(1, len(values), figsize=(5.2 * len(values), 5.8), squeeze=False)
-    for ax, value in zip(axes[0], values, strict=True):
-        images = decode_latents(model, cross_section_latents(model, value, n, span))
-        _show_latent_grid(ax, images, n, span, (f"{sym}[0]", f"{sym}[1]"))
-        ax.set_title(f"{sym}[2] = {value:g}")
-    note = _other_dims_note(model.latent_dim, 3, sym)
-    title = f"Cross-sections of the decoded manifold at fixed {sym}[2]"
+    fig, axs = _subplots(1, len(values), figsize=(5.2 * len(values), 6.2), squeeze=False)
+    for ax, value in zip(axs[0], values, strict=True):
+        images = decode_latents(model, cross_section_latents(model, value, n, span, axes))
+        _show_latent_grid(ax, images, n, span, (f"{sym}[{gx}]", f"{sym}[{gy}]"))
+        ax.set_title(f"{sym}[{fixed}] = {value:g}")
+    title = f"Cross-sections of the decoded manifold: grids over ({sym}{gx}, {sym}{gy}), panels at fixed {sym}{fixed}"
+    if variances is not None:
+        var = [float(v) for v in variances]
+        title += f"\ngrid over the two most active dimensions (Cov_x(E_q[z_j]) {var[gx]:.2g}, {var[gy]:.2g}); "
+        title += f"{sym}{fixed}: {var[fixed]:.2g}" + (
+            ", collapsed, so the panels barely differ" if var[fixed] <= COLLAPSED_VARIANCE else ""
+        )
     if correlated:
         title += " (grid in u, decoded at z = L u)"
-    fig.suptitle(title + (f"; {note}" if note else ""))
+    others = [j for j in range(model.latent_dim) if j not in axes]
+    if others:
+        title += f"; {', '.join(f'{sym}{j}' for j in others)} = 0"
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -486,17 +559,21 @@ def loss_curves(records: Iterable[Mapping]) -> Figure:
             points = sorted((e, r[key]) for e, r in by_split.get(split, {}).items() if r.get(key) is not None)
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, color=color, linestyle=style, marker="." if len(xs) < 30 else None, label=split)
+                marker = "o" if len(xs) == 1 else ("." if len(xs) < 30 else None)
+                ax.plot(xs, ys, color=color, linestyle=style, marker=marker, label=split, zorder=3)
         test = [r[key] for _, r in sorted(by_split.get("test", {}).items()) if r.get(key) is not None]
         if test:
             ax.plot(
                 [last_epoch],
                 [test[-1]],
                 marker="*",
-                markersize=12,
+                markersize=14,
+                markerfacecolor="none",  # hollow and beneath: a validation point at the same place shows through
+                markeredgewidth=1.5,
                 color="C3",
                 linestyle="none",
                 label=f"test ({test[-1]:.2f})",
+                zorder=2,
             )
         ax.set_title(name)
         ax.set_xlabel("epoch")
@@ -505,6 +582,9 @@ def loss_curves(records: Iterable[Mapping]) -> Figure:
         if ax.lines:
             ax.legend(fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        if last_epoch == min(min(epochs) for epochs in by_split.values()):  # one epoch: no fractional ticks
+            ax.set_xticks([last_epoch])
+            ax.set_xlim(last_epoch - 1, last_epoch + 1)
     fig.suptitle("Loss curves (per image, nats)")
     fig.tight_layout()
     return fig
@@ -586,9 +666,12 @@ def interpolation(model: VAE, x_a: ArrayLike, x_b: ArrayLike, steps: int = 10) -
 
 
 def save_figure(fig: Figure, path: Path | str, dpi: int = DPI) -> Path:
-    """Write ``fig`` as PNG atomically and close it; returns the path."""
+    """Write ``fig`` atomically in the format its suffix names (png, svg, pdf) and close it; returns the path."""
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    kind = FigureFormat(path.suffix.lstrip(".").lower(), dpi).kind
+    # no creation date in SVG and PDF, so a figure drawn again from the same model is the same file
+    metadata = {"Date": None} if kind == "svg" else {"CreationDate": None} if kind == "pdf" else None
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=kind, dpi=dpi, metadata=metadata))
     return path
 
 
@@ -608,15 +691,21 @@ def write_run_figures(
     y_test: ArrayLike | None,
     class_names: Sequence[str] = (),
     seed: int = 0,
+    figure_format: FigureFormat | None = None,
 ) -> list[Path]:
     """Write every figure that applies to this model into ``figures_dir``; returns the paths written.
 
-    Always: reconstructions.png, samples.png, interpolation.png (two test images of different
-    classes), and loss_curves.png when there are records. For latent_dim 2: latent_manifold.png and
-    latent_scatter.png; for 3: latent_scatter_3d.png, latent_projections.png and
-    manifold_cross_sections.png; above 3: latent_manifold.png (remaining dimensions at 0). A model that
-    conditions on labels gets those of :func:`vaelab.viz.conditional.conditional_figures` instead.
+    Always: reconstructions, samples, interpolation (two test images of different classes), and
+    loss_curves when there are records. For latent_dim 2: latent_manifold and latent_scatter; for 3:
+    latent_scatter_3d, latent_projections and manifold_cross_sections (swept over the most active
+    dimensions); above 3: latent_manifold (remaining dimensions at 0), latent_traversals and, with
+    labels, latent_pca. A model that conditions on labels gets those of
+    :func:`vaelab.viz.conditional.conditional_figures` instead. Files are ``figure_format``'s kind
+    (default PNG at 110 dpi).
     """
+    from vaelab.viz.dimensions import latent_pca, latent_traversals
+
+    fmt = figure_format or FigureFormat()
     figures_dir = Path(figures_dir)
     x = _as_float_images(x_test_float)
     if len(x) == 0:
@@ -626,7 +715,7 @@ def write_run_figures(
     written: list[Path] = []
 
     def put(name: str, fig: Figure) -> None:
-        written.append(save_figure(fig, figures_dir / name))
+        written.append(save_figure(fig, figures_dir / fmt.file_name(name), dpi=fmt.dpi))
 
     records = list(records or [])
     if _by_split(records):
@@ -651,13 +740,17 @@ def write_run_figures(
     d = model.latent_dim
     if d == 2 or d > 3:
         put("latent_manifold.png", latent_manifold(model))
+    means = encode_means(model, x) if d >= 3 or labels is not None else None
     if d in (2, 3) and labels is not None:
-        means = encode_means(model, x)
         if d == 2:
             put("latent_scatter.png", latent_scatter(means, labels, names, **_prior_drawing(model)))
         else:
             put("latent_scatter_3d.png", latent_scatter_3d(means, labels, names))
             put("latent_projections.png", pairwise_projections(means, labels, names, **_prior_drawing(model)))
     if d == 3:
-        put("manifold_cross_sections.png", manifold_cross_sections(model))
+        put("manifold_cross_sections.png", manifold_cross_sections(model, variances=means.var(0).tolist()))
+    if d > 3:
+        put("latent_traversals.png", latent_traversals(model, means))
+        if labels is not None:
+            put("latent_pca.png", latent_pca(means, labels, names))
     return written

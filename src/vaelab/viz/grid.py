@@ -66,15 +66,28 @@ def image_grid(
     return np.ascontiguousarray(grid.transpose(1, 2, 0))
 
 
-def save_image_grid(images: torch.Tensor | np.ndarray, path, nrow: int | None = None) -> None:
-    """Write the tiled images as a PNG, one screen pixel per image pixel (no axes, no resampling)."""
+def save_image_grid(
+    images: torch.Tensor | np.ndarray, path, nrow: int | None = None, scale: int = 1, dpi: int = 100
+) -> None:
+    """Write the tiled images in the format the path's suffix names (png, svg or pdf), each image pixel as
+    ``scale`` x ``scale`` screen pixels (nearest neighbour: no blur), no axes."""
     from pathlib import Path
 
     from matplotlib.image import imsave
 
+    from vaelab.errors import VaelabError
     from vaelab.io import atomic_write
 
+    path = Path(path)
+    kind = path.suffix.lstrip(".").lower()
+    if kind not in ("png", "svg", "pdf"):
+        raise VaelabError(f"{path}: an image grid is written as .png, .svg or .pdf, not {path.suffix or 'no suffix'}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 32:
+        raise VaelabError(
+            f"the grid's scale must be a whole number from 1 to 32 (pixels per image pixel), got {scale!r}"
+        )
     n = len(images)
     grid = image_grid(images, nrow or max(1, math.ceil(math.sqrt(n))))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     cmap = "gray" if grid.ndim == 2 else None
-    atomic_write(Path(path), lambda tmp: imsave(tmp, grid.clip(0, 1), cmap=cmap, vmin=0, vmax=1, format="png"))
+    atomic_write(path, lambda tmp: imsave(tmp, grid.clip(0, 1), cmap=cmap, vmin=0, vmax=1, format=kind, dpi=dpi))
