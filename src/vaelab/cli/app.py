@@ -226,14 +226,26 @@ def train(
                 _check_fresh_out(out)
                 if main:
                     err_console.print(f"training into {out}")
-                test = Trainer(config, out, figures=not no_figures, figure_format=figure_format).fit()
+                trainer = Trainer(config, out, figures=not no_figures, figure_format=figure_format)
+                test = trainer.fit()
         except KeyboardInterrupt:
             raise _interrupted_training(out) from None
     if test:  # rank 0 (the others return no test metrics)
         console.print(
             f"test: total {test['total']:.2f} = reconstruction {test['reconstruction']:.2f} + KL {test['kl']:.2f} "
-            f"nats per image; run written to {out}"
+            f"nats per image; run written to {out}",
+            markup=False,
         )
+        _print_run_files(out, trainer.figure_paths)
+
+
+def _print_run_files(out: Path, figures: list[Path]) -> None:
+    """Where the run's results are, and how to look at its curves (the end of `vaelab train`)."""
+    if figures:
+        names = ", ".join(p.name for p in figures)
+        console.print(f"figures: {out / 'figures'} ({names})", markup=False)
+    console.print(f"report: {out / 'report.md'}", markup=False)
+    console.print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(out))}", markup=False)
 
 
 def _model_dir(run_dir: Path | None, pretrained: str | None) -> Path:
@@ -454,7 +466,15 @@ def evaluate(
             "split": "test",
             "images": len(test.images),
             "seed": seed,
-            **evaluate_model(model, dataset, batches["train"], test, seed=seed, frechet_samples=fd_samples),
+            **evaluate_model(
+                model,
+                dataset,
+                batches["train"],
+                test,
+                seed=seed,
+                frechet_samples=fd_samples,
+                say=lambda line: err_console.print(line, markup=False),
+            ),
         }
         if nll:
             started = time.perf_counter()

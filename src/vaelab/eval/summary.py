@@ -28,6 +28,7 @@ earlier one).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +82,26 @@ def evaluate_model(
     frechet_samples: int = FRECHET_SAMPLES,
     probe_limit: int = PROBE_TRAIN_LIMIT,
     classifier=None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The test-set bound and all analysis metrics of ``model`` (see the module docstring).
+    """The test-set bound and all analysis metrics of ``model`` (see the module docstring); ``say``
+    gets one line as each stage starts (what runs, the seconds so far).
 
     ``train`` and ``test`` are the run's splits (as :func:`vaelab.train.make_batches` makes them);
     the training images are re-wrapped with a fixed binarisation, so the probes are deterministic.
     A metric that the (``--limit``ed) test set is too small for is ``None``; the result holds no NaN.
     """
     started = time.perf_counter()
+
+    def stage(what: str) -> None:
+        if say is not None:
+            say(f"eval: {what} [{time.perf_counter() - started:.0f} s]")
+
+    stage(f"the bound on {len(test.images):,} test images")
     result: dict[str, Any] = dict(evaluate_elbo(model, test, seed=seed))
     _require_finite_bound(result)
     train_fixed = Batches(train.images, train.labels, test.batch_size, _binarize_of(train), training=False)
+    stage(f"posterior means of {len(train.images):,} training and {len(test.images):,} test images")
     train_means, test_means = latent_means(model, train_fixed), latent_means(model, test)
     n_test, n_train = len(test_means), len(train_means)
     active, variances = active_units(test_means) if n_test >= 2 else (None, None)
@@ -100,6 +110,7 @@ def evaluate_model(
     )
     probe_images = min(n_train, probe_limit) if probe_limit else n_train
     test_classes = len(torch.unique(test.labels))
+    stage("kNN and logistic-regression probes, silhouette")
     result.update(
         {
             "active_units": active,
@@ -125,6 +136,7 @@ def evaluate_model(
     if reason is None and n_test < 2:
         reason = "not computed: a covariance needs at least 2 test images"
     if reason is None:
+        stage(f"Fréchet distance of {frechet_samples:,} prior samples")
         # the test split's grey-level images (the split is the first images of the test set)
         reference = dataset.x_test[:n_test]
         result.update(sample_frechet_distance(model, reference, frechet_samples, seed, classifier))
@@ -134,6 +146,7 @@ def evaluate_model(
         )
     if model.takes_labels:  # its samples under each label, read back by the MNIST classifier
         if frechet_applicable(dataset) is None and model.classes == 10:
+            stage(f"label accuracy of {frechet_samples:,} conditional samples")
             result.update(label_accuracy(model, frechet_samples, seed, classifier))
         else:
             result.update(

@@ -7,6 +7,7 @@ and a directory holding a *different* config is refused rather than overwritten.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,9 @@ def _measure_and_report(
     analysis_train = Batches(
         train_split.images, train_split.labels, config.train.eval_batch_size, config.data.binarize, training=False
     )
+    console.print(f"{name}: latent analysis (means, kNN, silhouette) of {len(test_split.images):,} test images")
     analysis = latent_analysis(model, analysis_train, test_split)
+    console.print(f"{name}: figures into {run_dir / 'figures'}")
     figures = write_run_figures(
         model,
         run_dir / "figures",
@@ -144,6 +147,7 @@ def _measure_and_report(
     if model.takes_labels and frechet_applicable(dataset) is None:  # its samples per label, classified
         from vaelab.eval.conditional import label_accuracy
 
+        console.print(f"{name}: label accuracy of conditional samples")
         result["label_accuracy"] = label_accuracy(model, seed=evaluation_seed(config.train.seed))
     if experiment.nll_k:
         from vaelab.eval import estimate_log_likelihood
@@ -151,7 +155,13 @@ def _measure_and_report(
         console.print(
             f"{name}: importance-weighted NLL on {len(test_split.images)} test images, k = {experiment.nll_k}"
         )
-        estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k)
+        started, total = time.perf_counter(), len(test_split.images)
+
+        def report(done: int) -> None:
+            rate = done / (time.perf_counter() - started)
+            console.print(f"{name}: NLL, k = {experiment.nll_k}: {done:,}/{total:,} images ({rate:.2f} images/s)")
+
+        estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k, progress=report)
         result["test"].update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
     atomic_write_json(run.results, result)

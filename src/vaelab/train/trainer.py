@@ -59,6 +59,7 @@ from vaelab.train.schedule import learning_rate
 from vaelab.train.step import TrainStep
 
 CHECKPOINT = Path("checkpoint") / "last.safetensors"
+PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal (no bar), a progress line inside an epoch this often
 
 
 def environment() -> dict[str, str]:
@@ -168,6 +169,8 @@ class Trainer:
             else None
         )
         self.epoch = 0  # epochs completed
+        self.figure_paths: list[Path] = []  # what finish() drew
+        self._say_progress = False  # set by fit(): lines on the console as the run goes
         self._resume_point: tuple[int, list[float], int] | None = None  # (next step, loss sums, images) mid-epoch
 
     @property
@@ -261,7 +264,8 @@ class Trainer:
         self._resume_point = None
         sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
         count_before, start = count, time.perf_counter()
-        last_checkpoint = start
+        last_checkpoint = last_line = start
+        plain_lines = self._say_progress and progress is not None and progress.disable  # no bar: lines instead
         epoch_data_state = self.data_generator.get_state()  # a mid-epoch resume replays the epoch's order from it
         batches = self.train_batches.batches(self.data_generator, rows=world.rows if world.distributed else None)
         for step, batch in enumerate(batches):
@@ -289,6 +293,13 @@ class Trainer:
                 if not math.isfinite(loss):
                     self._stop_if_diverged([{"split": "train", "total": loss}], epoch=self.epoch + 1)
                 progress.update(task, completed=step + 1, loss=f"{loss:8.2f}")
+                if plain_lines and time.perf_counter() - last_line >= PLAIN_PROGRESS_SECONDS:
+                    last_line = time.perf_counter()
+                    self.console.print(
+                        f"epoch {self.epoch + 1}/{train.epochs}: {step + 1}/{steps} batches, train loss {loss:.2f} "
+                        f"[{last_line - start:.0f} s]",
+                        markup=False,
+                    )
             if self._mid_epoch_checkpoint_due(last_checkpoint) and step < steps - 1:
                 self._save_mid_epoch(step + 1, sums, count, epoch_data_state)
                 last_checkpoint = time.perf_counter()
@@ -368,6 +379,7 @@ class Trainer:
         ends in a :class:`VaelabError` naming the file; the last checkpoint stays whole.
         """
         main = self.world.is_main  # only rank 0 writes the run directory
+        self._say_progress = progress and main
         if self.epoch > self.config.train.epochs:
             raise VaelabError(
                 f"{self.run_dir}: its checkpoint says {self.epoch} epochs were trained, more than the run's "
@@ -483,6 +495,7 @@ class Trainer:
         if not self.world.is_main:
             self.world.close()
             return {}
+        self._say(f"test set: the bound on {len(self.test_batches.images):,} images")
         test = self.evaluate(self.test_batches)
         self._stop_if_diverged([{"split": "test", **test}], kept="No model was saved.")
         model = self.final_model.cpu()  # saved weights and figures are device-independent
@@ -500,10 +513,17 @@ class Trainer:
                 "finished": True,  # every epoch of train.epochs, or as many as train.minutes allowed
             },
         )
+        if self.figures:
+            self._say(f"figures: drawing into {self.run.figures}")
         figures = self.write_figures() if self.figures else []
+        self.figure_paths = figures
         write_run_report(self.run_dir, self.config, self.records(), figures)
         self.world.close()
         return test
+
+    def _say(self, line: str) -> None:
+        if self._say_progress:
+            self.console.print(line, markup=False)
 
     def write_figures(self) -> list[Path]:
         from vaelab.viz import write_run_figures
