@@ -234,6 +234,9 @@ class TrainConfig(_Keys):
     # > 0: a budget of training minutes. The lr schedule runs over it instead of over the epochs, and training
     # ends before an epoch that would overrun it (train.epochs stays the most it trains)
     minutes: float = 0.0
+    early_stopping: int = 0  # > 0: stop after this many epochs without a better validation total (0: off)
+    early_stopping_delta: float = 0.0  # nats: how much lower a validation total must be to count as better
+    keep_best: bool = False  # evaluate, save and draw the weights of the epoch with the best validation total
 
     def validate(self) -> None:
         _check_plain_values(self, "train")
@@ -254,6 +257,9 @@ class TrainConfig(_Keys):
             )
         if not 0 <= self.minutes < math.inf:
             raise VaelabError(f"train.minutes must be >= 0 (0: no time budget), got {self.minutes}")
+        _at_least("train.early_stopping", self.early_stopping, 0)
+        if not 0 <= self.early_stopping_delta < math.inf:
+            raise VaelabError(f"train.early_stopping_delta must be >= 0 nats, got {self.early_stopping_delta}")
         if not 0 <= self.ema_decay < 1:
             raise VaelabError(f"train.ema_decay must be in [0, 1) (0: no averaging), got {self.ema_decay}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -270,6 +276,12 @@ class RunConfig(_Keys):
     def validate(self) -> RunConfig:
         for section in (self.data, self.model, self.objective, self.train):
             section.validate()
+        watched = [k for k in ("early_stopping", "keep_best") if getattr(self.train, k)]
+        if watched and self.data.validation_size == 0:
+            raise VaelabError(
+                f"train.{watched[0]} watches the validation total, but data.validation_size = 0 leaves no "
+                "validation split; set data.validation_size (e.g. 5000) or turn it off"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -153,6 +153,19 @@ def train(
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cpu).")] = None,
+    early_stopping: Annotated[
+        int | None,
+        typer.Option(
+            "--early-stopping", help="Stop after N epochs without a better validation total (default: 0, off)."
+        ),
+    ] = None,
+    keep_best: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-best/--keep-last",
+            help="Test, save and draw the weights of the epoch with the best validation total (default: the last).",
+        ),
+    ] = None,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Skip writing figures at the end.")] = False,
     figure_kind: FormatOpt = FigureKind.png,
     dpi: DpiOpt = 110,
@@ -216,6 +229,8 @@ def train(
             "train.threads": threads,
             "train.ema_decay": ema_decay,
             "train.device": device,
+            "train.early_stopping": early_stopping,
+            "train.keep_best": keep_best,
         }
         overrides = [f"{key}={_toml_value(value)}" for key, value in flags.items() if value is not None]
         config = apply_overrides(config, overrides + list(set_ or []))

@@ -47,7 +47,7 @@ from vaelab.config import RunConfig, objective_keys
 from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
-from vaelab.io import REASONS, atomic_write_text, cannot_write, os_errno
+from vaelab.io import REASONS, atomic_write, atomic_write_text, cannot_write, os_errno
 from vaelab.model import Shard, build_model, build_objective, save_model
 from vaelab.runs import RunDir
 from vaelab.runs.rundir import CONFIG
@@ -59,6 +59,9 @@ from vaelab.train.schedule import learning_rate
 from vaelab.train.step import TrainStep
 
 CHECKPOINT = Path("checkpoint") / "last.safetensors"
+BEST = Path("checkpoint") / "best.safetensors"  # train.keep_best: the weights of the best validation epoch so far
+TENSORBOARD_RECONSTRUCTIONS = 8  # validation images shown with their reconstructions each epoch
+TENSORBOARD_SAMPLES = 64
 PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal (no bar), a progress line inside an epoch this often
 
 
@@ -244,6 +247,22 @@ class Trainer:
         epochs = [r["seconds"] for r in self.records() if r["split"] == "train" and "seconds" in r]
         return bool(epochs) and sum(epochs) + epochs[-1] > 60 * minutes
 
+    def best_validation(self) -> tuple[int, float] | None:
+        """(epoch, validation total) of the best epoch so far: the first whose total is lower than every
+        earlier best by more than ``train.early_stopping_delta``; None before any validation."""
+        delta, best = self.config.train.early_stopping_delta, None
+        for record in self.records():
+            better = best is None or record["total"] < best[1] - delta
+            if record["split"] == "validation" and "kind" not in record and better:
+                best = (int(record["epoch"]), float(record["total"]))
+        return best
+
+    def early_stop_due(self) -> bool:
+        """Whether ``train.early_stopping`` epochs have passed without a better validation total."""
+        patience = self.config.train.early_stopping
+        best = self.best_validation() if patience > 0 else None
+        return best is not None and self.epoch - best[0] >= patience
+
     def _kl_weight(self, epoch_fraction: float) -> float:
         warmup = self.config.objective.kl_warmup_epochs
         return 1.0 if warmup == 0 else min(1.0, epoch_fraction / warmup)
@@ -413,6 +432,8 @@ class Trainer:
             )
         except (OSError, UnicodeError) as err:
             raise cannot_write(self.run_dir, err, "write TensorBoard events into") from None
+        if writer is not None and self.epoch == 0:
+            self._log_hyperparameters(writer)
         columns = [
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -425,7 +446,7 @@ class Trainer:
         show_bar = progress and self.console.is_terminal and main
         try:
             with Progress(*columns, console=self.console, disable=not show_bar, transient=True) as bar:
-                while self.epoch < epochs and not self.budget_spent():
+                while self.epoch < epochs and not self.budget_spent() and not self.early_stop_due():
                     task = bar.add_task(
                         "train", total=len(self.train_batches), epoch=f"{self.epoch + 1}/{epochs}", loss=""
                     )
@@ -437,6 +458,12 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
+        if self.epoch < epochs and self.early_stop_due():
+            epoch, total = self.best_validation()
+            self._say(
+                f"early stopping after epoch {self.epoch}: no better validation total than epoch {epoch}'s "
+                f"{total:.2f} for {self.epoch - epoch} epochs (train.early_stopping = {self.config.train.early_stopping})"
+            )
         return self.finish()
 
     def _rng_states(self) -> dict[str, torch.Tensor]:
@@ -454,7 +481,10 @@ class Trainer:
             self._log(record)
             for key in ("total", "reconstruction", "kl"):
                 writer.add_scalar(f"{record['split']}/{key}", record[key], self.epoch)
+        self._log_images(writer)
         writer.flush()
+        if self.config.train.keep_best and self.best_validation()[0] == self.epoch:
+            self._save_best()
         save_checkpoint(
             self.run_dir / CHECKPOINT,
             self.model,
@@ -495,11 +525,12 @@ class Trainer:
         if not self.world.is_main:
             self.world.close()
             return {}
+        kept = self._restore_best() if self.config.train.keep_best else {}
         self._say(f"test set: the bound on {len(self.test_batches.images):,} images")
         test = self.evaluate(self.test_batches)
         self._stop_if_diverged([{"split": "test", **test}], kept="No model was saved.")
         model = self.final_model.cpu()  # saved weights and figures are device-independent
-        self._log({"epoch": self.epoch, "split": "test", **test})
+        self._log({"epoch": self.epoch, "split": "test", **test, **kept})
         save_model(
             model,
             self.run_dir,
@@ -511,6 +542,8 @@ class Trainer:
                 "test": test,
                 "epochs_trained": self.epoch,
                 "finished": True,  # every epoch of train.epochs, or as many as train.minutes allowed
+                "stopped_early": self.epoch < self.config.train.epochs and self.early_stop_due(),
+                **kept,
             },
         )
         if self.figures:
@@ -520,6 +553,81 @@ class Trainer:
         write_run_report(self.run_dir, self.config, self.records(), figures)
         self.world.close()
         return test
+
+    def _save_best(self) -> None:
+        """The weights being evaluated, as the best epoch's (train.keep_best)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.final_model.state_dict().items()}
+        meta = {"epoch": str(self.epoch)}
+        atomic_write(self.run_dir / BEST, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+    def _restore_best(self) -> dict[str, int]:
+        """Load the best validation epoch's weights into the evaluated model; {"kept_epoch": E} for the records."""
+        best = self.best_validation()
+        if best is None:
+            return {}
+        if best[0] != self.epoch:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file, safe_open
+
+            path = self.run.own(BEST)
+            try:
+                with safe_open(str(path), "pt") as f:
+                    saved_epoch = (f.metadata() or {}).get("epoch")
+                state = load_file(str(path))
+            except (OSError, SafetensorError) as err:
+                raise VaelabError(f"{path}: cannot read the best epoch's weights ({err})") from None
+            if saved_epoch != str(best[0]) or set(state) != set(self.final_model.state_dict()):
+                raise VaelabError(
+                    f"{path} holds epoch {saved_epoch}'s weights, but the records' best validation epoch is "
+                    f"{best[0]}: it was edited or belongs to another run"
+                )
+            self.final_model.load_state_dict(state)
+            self._say(f"keeping epoch {best[0]}'s weights: the best validation total, {best[1]:.2f}")
+        return {"kept_epoch": best[0]}
+
+    def _log_hyperparameters(self, writer) -> None:
+        """The run's config in TensorBoard's HPARAMS tab, beside the losses it compares runs by."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {
+            f"{section}.{key}": value if isinstance(value, (bool, int, float, str)) else str(value)
+            for section, keys in self.config.to_dict().items()
+            for key, value in keys.items()
+        }
+        metrics = {"train/total": 0.0, **({"validation/total": 0.0} if self.validation_batches is not None else {})}
+        for summary in hparams(values, metrics):
+            writer._get_file_writer().add_summary(summary)
+
+    @torch.no_grad()
+    def _log_images(self, writer) -> None:
+        """Reconstructions of a few validation images, prior samples and, for a 2-D latent, the manifold, as
+        TensorBoard images of this epoch (with the weights being evaluated; the training RNG untouched)."""
+        from vaelab.viz import image_grid
+        from vaelab.viz.figures import manifold_latents
+
+        model = self.final_model
+        was_training = model.training
+        model.eval()
+        split = self.validation_batches or self.train_batches
+        x = to_unit_float(split.images[:TENSORBOARD_RECONSTRUCTIONS]).to(self.device)
+        y = None if split.labels is None else split.labels[: len(x)]
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                view = model.condition(y) if model.takes_labels and y is not None else model
+                if view.can("reconstruct") and (y is not None or not model.takes_labels):
+                    rows = torch.cat([x.cpu(), view.reconstruct(x).cpu()])
+                    _add_image(writer, "reconstructions", image_grid(rows, nrow=len(x)), self.epoch)
+                if model.can("sample"):
+                    generator = torch.Generator().manual_seed(self.config.train.seed)
+                    samples = model.sample(TENSORBOARD_SAMPLES, generator=generator).cpu()
+                    _add_image(writer, "samples", image_grid(samples, nrow=8), self.epoch)
+                if model.latent_dim == 2 and model.can("decode") and not model.can("condition"):
+                    images = model.decode(manifold_latents(model, n=15).to(self.device)).cpu()
+                    _add_image(writer, "manifold", image_grid(images, nrow=15), self.epoch)
+        finally:
+            model.train(was_training)
 
     def _say(self, line: str) -> None:
         if self._say_progress:
@@ -539,6 +647,10 @@ class Trainer:
             seed=self.config.train.seed,
             figure_format=self.figure_format,
         )
+
+
+def _add_image(writer, tag: str, grid: np.ndarray, step: int) -> None:
+    writer.add_image(tag, grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
 
 
 def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, Any]], figures: list[Path]) -> None:
@@ -562,6 +674,12 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
     if train_rows:
         seconds = sum(r.get("seconds", 0.0) for r in train_rows if isinstance(r.get("seconds"), (int, float)))
         lines.append(f"- training time: {seconds:.0f} s ({seconds / len(train_rows):.1f} s per epoch)")
+    if test and "kept_epoch" in test:
+        lines.append(
+            f"- kept the weights of epoch {test['kept_epoch']} of {test['epoch']}, the best validation total (train.keep_best)"
+        )
+    if t.early_stopping:
+        lines.append(f"- early stopping: after {t.early_stopping} epochs without a better validation total")
     if test:
         lines += [
             "",

@@ -561,10 +561,11 @@ def loss_curves(records: Iterable[Mapping]) -> Figure:
                 xs, ys = zip(*points, strict=True)
                 marker = "o" if len(xs) == 1 else ("." if len(xs) < 30 else None)
                 ax.plot(xs, ys, color=color, linestyle=style, marker=marker, label=split, zorder=3)
-        test = [r[key] for _, r in sorted(by_split.get("test", {}).items()) if r.get(key) is not None]
+        tests = [r for _, r in sorted(by_split.get("test", {}).items()) if r.get(key) is not None]
+        test = [r[key] for r in tests]
         if test:
             ax.plot(
-                [last_epoch],
+                [tests[-1].get("kept_epoch", last_epoch)],  # train.keep_best: the epoch whose weights were tested
                 [test[-1]],
                 marker="*",
                 markersize=14,
