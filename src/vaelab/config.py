@@ -76,6 +76,9 @@ class DataConfig(_Keys):
     train_limit: int = 0  # use only the first N training images (0 = all); for quick trials and tests
     test_limit: int = 0  # evaluate on only the first N test images (0 = all)
     mmap: str = "auto"  # images from disk via numpy.memmap: auto (raw files >= 1 GiB) | always | never
+    # train on the test images too, after the training split (Keras' VAE example trains on all 70,000 MNIST
+    # images); the test numbers are then not held out
+    train_with_test: bool = False
 
     def validate(self) -> None:
         _check_plain_values(self, "data")
@@ -237,6 +240,8 @@ class TrainConfig(_Keys):
     early_stopping: int = 0  # > 0: stop after this many epochs without a better validation total (0: off)
     early_stopping_delta: float = 0.0  # nats: how much lower a validation total must be to count as better
     keep_best: bool = False  # evaluate, save and draw the weights of the epoch with the best validation total
+    # also log each epoch's losses as Keras' fit() prints them: means over the batches of the batch means
+    keras_log: bool = False
 
     def validate(self) -> None:
         _check_plain_values(self, "train")

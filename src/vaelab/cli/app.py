@@ -635,7 +635,11 @@ def reproduce(
         table.add_column(column, justify="right")
     for r in results:
         published, test = r["published"], r["test"]
-        if "nll" in test:  # the literature compares log-likelihoods (Burda et al.)
+        trained = [row for row in r.get("training_log", []) if "ours" in row]
+        if trained:  # a published training log (keras-example): its loss at our last epoch
+            theirs = f"loss {trained[-1]['published']['loss']:.2f} (epoch {trained[-1]['epoch']})"
+            ours = f"loss {trained[-1]['ours']['loss']:.2f}"
+        elif "nll" in test:  # the literature compares log-likelihoods (Burda et al.)
             theirs = f"NLL {published['nll']:.2f}" if "nll" in published else ""
             ours = f"NLL {test['nll']:.2f} ± {test['nll_stderr']:.2f}"
         else:

@@ -26,6 +26,7 @@ class Experiment:
     source: str = ""
     nll_k: int = 0  # > 0: also report the importance-weighted test NLL with this many samples
     precision: str = "fp32"  # the recipe's; bf16 falls back to fp32 on a CPU without native bf16
+    reference_log: tuple[dict[str, float], ...] = ()  # a published per-epoch training log to set ours beside
 
     def config(self) -> tuple[RunConfig, str | None]:
         """The run's config on this machine, and a one-line notice where it departs from the recipe."""
@@ -304,6 +305,18 @@ for _name, _prior, _posterior, _title in (
             f"families-{_name}-data-mean", 1, f"{_title}, decoder bias at the data mean",
             _family_comparison(_prior, _posterior, "data-mean"), {}, FAMILIES, nll_k=5000,
         )  # fmt: skip
+
+from vaelab.experiments import keras_example  # noqa: E402  (its log is data, kept apart)
+
+EXPERIMENTS["keras-example"] = Experiment(
+    "keras-example",
+    1,
+    "Keras' VAE example exactly: the study's conv VAE on all 70,000 MNIST images, 30 epochs, Keras' log beside ours",
+    keras_example.config,
+    {},  # nothing to set beside the test numbers: the example reports its training log only
+    keras_example.SOURCE,
+    reference_log=tuple(keras_example.reference_log()),
+)
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "seed": ("seed-2d", "seed-3d", "seed-correlated"),

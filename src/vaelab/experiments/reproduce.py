@@ -164,6 +164,9 @@ def _measure_and_report(
         estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k, progress=report)
         result["test"].update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
+    if experiment.reference_log:  # a published training log: ours beside it, epoch by epoch
+        result["training_log"] = training_log_beside(experiment.reference_log, records)
+        atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + training_log_section(result))
     atomic_write_json(run.results, result)
     return result
 
@@ -177,6 +180,46 @@ def _machine(meta: dict[str, Any]) -> dict[str, Any]:
     cpu = cpu_capabilities()
     threads = meta.get("environment", {}).get("threads")
     return {"cpu": cpu.model, "extensions": cpu.extensions, "logical_cpus": os.cpu_count(), "training_threads": threads}
+
+
+KERAS_COLUMNS = (  # the published log's column, ours as train.keras_log records it
+    ("loss", "keras_progbar_loss"),
+    ("reconstruction_loss", "keras_reconstruction_loss"),
+    ("kl_loss", "keras_kl_loss"),
+)
+
+
+def training_log_beside(reference: tuple[dict[str, float], ...], records: list[dict[str, Any]]) -> list[dict]:
+    """One row per epoch of the published log: its columns, and ours where this run trained that epoch."""
+    ours = {r["epoch"]: r for r in records if r["split"] == "train"}
+    rows = []
+    for published in reference:
+        row = {"epoch": published["epoch"], "published": {k: published[k] for k, _ in KERAS_COLUMNS}}
+        mine = ours.get(published["epoch"])
+        if mine is not None and all(key in mine for _, key in KERAS_COLUMNS):
+            row["ours"] = {k: mine[key] for k, key in KERAS_COLUMNS}
+        rows.append(row)
+    return rows
+
+
+def training_log_section(result: dict[str, Any]) -> str:
+    rows = result["training_log"]
+    lines = [
+        "",
+        "## Training log beside the published one",
+        "",
+        "Per image, nats, as Keras' `fit()` prints them: reconstruction and KL are running means of the batch "
+        "means over the epoch; loss is their progress bar's mean of the running mean of the total. The run "
+        "trains on the test images too, so its test numbers above are not held out.",
+        "",
+        "| epoch | loss (Keras) | loss (ours) | reconstruction (Keras) | reconstruction (ours) | KL (Keras) | KL (ours) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        p, o = row["published"], row.get("ours")
+        cells = [f"{p[k]:.2f} | " + (f"{o[k]:.2f}" if o else "–") for k, _ in KERAS_COLUMNS]
+        lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def nll_section(result: dict[str, Any]) -> str:

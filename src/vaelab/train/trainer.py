@@ -86,6 +86,10 @@ def make_batches(config: RunConfig) -> tuple[ImageDataset, dict[str, Batches | N
     dataset = run_dataset(config)
     sizes = (config.data.validation_size, config.data.train_limit, config.data.test_limit)
     splits, factors = dataset.splits(*sizes), dataset.factor_splits(*sizes)
+    if config.data.train_with_test:  # the training split, then the test images (as Keras' example concatenates)
+        splits["train"] = tuple(torch.cat(pair) for pair in zip(splits["train"], splits["test"], strict=True))
+        if factors["train"] is not None:
+            factors["train"] = torch.cat([factors["train"], factors["test"]])
     binarize, train = config.data.binarize, config.train
     batches: dict[str, Batches | None] = {
         "train": Batches(*splits["train"], train.batch_size, binarize, training=True, factors=factors["train"]),
@@ -141,6 +145,10 @@ class Trainer:
         self.world, device = init_world(train.device)  # one process unless started by torchrun
         if self.world.distributed and train.minutes > 0:
             raise VaelabError("train.minutes is not supported with data-parallel training (each process times itself)")
+        if self.world.distributed and train.keras_log:
+            raise VaelabError(
+                "train.keras_log is not supported with data-parallel training (each process sees a shard)"
+            )
         if self.world.distributed and config.objective.free_bits > 0:
             raise VaelabError(
                 "objective.free_bits is not supported with data-parallel training (its budget is a whole-batch mean)"
@@ -279,7 +287,7 @@ class Trainer:
         steps = len(self.train_batches)
         world = self.world
         sizes = self.train_batches.batch_sizes()
-        first_step, sums, count = self._resume_point or (0, [0.0, 0.0, 0.0], 0)
+        first_step, sums, count = self._resume_point or (0, [0.0] * self._sums_size, 0)
         self._resume_point = None
         sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
         count_before, start = count, time.perf_counter()
@@ -303,9 +311,11 @@ class Trainer:
             if self.averaged is not None:
                 self.averaged.update_parameters(self.model)
             # summing detached tensors keeps the loop free of a host sync per step
-            sums += torch.stack(
-                [terms.total.detach().sum(), terms.reconstruction.detach().sum(), terms.kl.detach().sum()]
-            ).double()
+            parts = (terms.total.detach(), terms.reconstruction.detach(), terms.kl.detach())
+            sums[:3] += torch.stack([p.sum() for p in parts]).double()
+            if train.keras_log:  # Keras' Mean trackers: the batch means' running mean; its progress bar's loss
+                sums[3:6] += torch.stack([p.mean() for p in parts]).double()  # the mean of those running means
+                sums[6] += sums[3] / (step + 1)
             count += len(x)
             if progress is not None and (step % 25 == 0 or step == steps - 1):
                 loss = sums[0].item() / count
@@ -325,11 +335,11 @@ class Trainer:
         if world.distributed:  # the whole global batch's sums, the same on every process
             world.all_reduce_sum(sums)
             count = int(world.all_reduce_sum(torch.tensor([count], dtype=torch.float64, device=self.device)).item())
-        total, reconstruction, kl = (sums / count).tolist()  # syncs the device before the clock stops
+        total, reconstruction, kl = (sums[:3] / count).tolist()  # syncs the device before the clock stops
         seconds = time.perf_counter() - start
         if not math.isfinite(total):
             self._stop_if_diverged([{"split": "train", "total": total}], epoch=self.epoch + 1)
-        return {
+        metrics = {
             "total": total,
             "reconstruction": reconstruction,
             "kl": kl,
@@ -337,6 +347,17 @@ class Trainer:
             "images_per_second": (count - count_before) / seconds,
             "lr": lr,
         }
+        if train.keras_log:
+            keras = (sums[3:] / steps).tolist()
+            metrics.update(
+                {
+                    "keras_reconstruction_loss": keras[1],  # its log's reconstruction_loss and kl_loss columns
+                    "keras_kl_loss": keras[2],
+                    "keras_total": keras[0],  # their sum: the loss its train_step computes, as a running mean
+                    "keras_progbar_loss": keras[3],  # the log's loss column (Keras 2's progress bar averages it)
+                }
+            )
+        return metrics
 
     def _mid_epoch_checkpoint_due(self, last: float) -> bool:
         # single-process only: the partial sums of other processes are not in rank 0's hands
@@ -364,6 +385,11 @@ class Trainer:
         step = f", step {self._resume_point[0]} of epoch {self.epoch + 1}" if self._resume_point else ""
         return f"after epoch {self.epoch}{step}"
 
+    @property
+    def _sums_size(self) -> int:
+        """What an epoch sums as it goes: total, reconstruction, KL; with train.keras_log four more."""
+        return 7 if self.config.train.keras_log else 3
+
     def _restore_resume_point(self, info: dict[str, Any]) -> None:
         """Where a mid-epoch checkpoint left the current epoch (nothing for an end-of-epoch one)."""
         if "step" not in info:
@@ -375,7 +401,7 @@ class Trainer:
             and type(count) is int
             and count > 0
             and isinstance(sums, list)
-            and len(sums) == 3
+            and len(sums) == self._sums_size
             and all(type(v) in (int, float) and math.isfinite(v) for v in sums)
         )
         if not valid:
