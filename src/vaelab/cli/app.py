@@ -605,7 +605,7 @@ def reproduce(
     name: Annotated[
         str,
         typer.Argument(
-            help="An experiment (seed-2d, burda-iwae, families-vamp, ...) or a group (seed, families, families-data-mean); `vaelab list` names them all."
+            help="An experiment (seed-2d, burda-iwae, disent-btcvae, ...) or a group (seed, families, disent, ...); `vaelab list` names them all."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run directories.")] = Path("runs"),
@@ -613,7 +613,12 @@ def reproduce(
         int | None, typer.Option(min=1, help="Override the epochs (quick trials; not the study's setting).")
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a key of every experiment's config (quick trials).")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a key of every experiment's config (quick trials); --set train.seed=S trains another "
+            "seed into OUT/NAME-seedS.",
+        ),
     ] = None,
     figure_kind: FormatOpt = FigureKind.png,
     dpi: DpiOpt = 110,
@@ -658,6 +663,17 @@ def reproduce(
             f"{r['train_seconds'] / 60:.0f} min",
         )
     console.print(table)
+    scored = [r for r in results if "disentanglement" in r]
+    if scored:  # a data set with factors: the five metrics of the posterior means
+        from vaelab.experiments.reproduce import METRIC_LABELS
+
+        table = Table(title=f"vaelab reproduce {name}: disentanglement (docs/disentanglement.md)")
+        for column in ("experiment", "seed", *METRIC_LABELS.values()):
+            table.add_column(column, justify="right")
+        for r in scored:
+            scores = r["disentanglement"]
+            table.add_row(r["experiment"], str(r["seed"]), *(f"{scores[key]:.3f}" for key in METRIC_LABELS))
+        console.print(table)
     if name in GROUPS:
         console.print(f"report: {out / 'report.md'}")
 

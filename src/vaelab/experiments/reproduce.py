@@ -1,13 +1,22 @@
 """``vaelab reproduce``: train named experiments, measure them, and report against the literature.
 
-Each experiment trains into ``OUT/NAME`` (a normal run directory). Re-running is cheap and safe:
-a finished run of the same config is reused, an interrupted one is resumed from its checkpoint,
-and a directory holding a *different* config is refused rather than overwritten.
+Each experiment trains into ``OUT/NAME`` (a normal run directory), or ``OUT/NAME-seedS`` when
+``--set train.seed=S`` changes the recipe's seed, so that several seeds of one experiment sit side
+by side. Re-running is cheap and safe: a finished run of the same config is reused, an interrupted
+one is resumed from its checkpoint, and a directory holding a *different* config is refused rather
+than overwritten.
+
+On a data set with ground-truth factors the measurements include the five disentanglement metrics
+(:func:`vaelab.eval.factor_eval.evaluate_disentanglement`), and a group's report tables them as
+mean ± sd over every seed run of its members found in ``OUT``.
 """
 
 from __future__ import annotations
 
 import time
+import json
+import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +28,7 @@ from vaelab.errors import VaelabError
 from vaelab.eval import latent_analysis
 from vaelab.eval.analysis import ACTIVE_UNIT_THRESHOLD
 from vaelab.eval.bound import evaluation_seed
+from vaelab.eval.disentanglement import DEFAULT_POINTS, METRICS, Sizes
 from vaelab.eval.summary import frechet_applicable
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
 from vaelab.io import atomic_write_json, atomic_write_text
@@ -32,12 +42,26 @@ from vaelab.train import Trainer, make_batches, write_run_report
 _EXECUTION_KEYS = {"train": ("threads", "device")}
 
 
-def _comparable(config: RunConfig) -> dict[str, Any]:
+def _comparable(config: RunConfig, seed: bool = True) -> dict[str, Any]:
     raw = config.to_dict()
     for section, keys in _EXECUTION_KEYS.items():
         for key in keys:
             raw[section].pop(key, None)
+    if not seed:  # another seed of the recipe is still the recipe
+        raw["train"].pop("seed", None)
     return raw
+
+
+def run_name(experiment: Experiment, config: RunConfig) -> str:
+    """``NAME``, or ``NAME-seedS`` for a seed other than the recipe's: seeds of one experiment side by side."""
+    if config.train.seed == experiment.make_config().train.seed:
+        return experiment.name
+    return f"{experiment.name}-seed{config.train.seed}"
+
+
+def metric_sizes(experiment: Experiment) -> Sizes:
+    """The disentanglement metrics' sample sizes (``vaelab eval --disentanglement``'s defaults)."""
+    return Sizes.points(DEFAULT_POINTS)
 
 
 def _trained_run(experiment: Experiment, run: RunDir, config: RunConfig, console: Console) -> None:
@@ -84,7 +108,7 @@ def run_experiment(
     if epochs is not None:
         config.train.epochs = epochs
     apply_overrides(config, list(overrides or []))
-    run = RunDir(Path(out) / name)
+    run = RunDir(Path(out) / run_name(experiment, config))
     with run.writing(create=True):  # one writer: a second reproduce of the same run is refused
         _trained_run(experiment, run, config, console)
         return _measure_and_report(name, experiment, run, console, figure_format)
@@ -125,8 +149,9 @@ def _measure_and_report(
         "version": experiment.version,
         "title": experiment.title,
         "run_dir": run_dir.name,  # relative to the folder of runs: no machine's absolute path
+        "seed": config.train.seed,
         "epochs": meta.get("epochs_trained", config.train.epochs),
-        "modified": _comparable(config) != _comparable(experiment.config()[0]),
+        "modified": _comparable(config, seed=False) != _comparable(experiment.config()[0], seed=False),
         "train_seconds": train_seconds,
         "train_minutes": round(train_seconds / 60, 1),
         "machine": _machine(meta),
@@ -167,8 +192,51 @@ def _measure_and_report(
     if experiment.reference_log:  # a published training log: ours beside it, epoch by epoch
         result["training_log"] = training_log_beside(experiment.reference_log, records)
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + training_log_section(result))
+    if dataset.ground_truth is not None and model.can("encode") and not model.takes_labels:
+        scores, paths = _disentanglement(experiment, run, model, dataset, config, meta, test_split, console)
+        result["disentanglement"] = scores
+        result["figures"] += [str(p.relative_to(run_dir)) for p in paths]
     atomic_write_json(run.results, result)
     return result
+
+
+def _disentanglement(
+    experiment: Experiment, run: RunDir, model, dataset, config: RunConfig, meta: dict, test_split, console: Console
+) -> tuple[dict[str, Any], list[Path]]:
+    """The five metrics of the run's posterior means, as ``vaelab eval --disentanglement`` computes and records
+    them (record, report section, figures); an earlier record of the same epoch, seed and sizes is reused."""
+    from vaelab.eval.factor_eval import (
+        disentanglement_record,
+        evaluate_disentanglement,
+        normalised,
+        write_disentanglement_section,
+    )
+    from vaelab.viz.disentanglement import write_disentanglement_figures
+
+    epoch, seed, sizes = int(meta.get("epochs_trained", 0)), config.train.seed, metric_sizes(experiment)
+    earlier = [
+        r
+        for r in run.records()
+        if r.get("kind") == "disentanglement"
+        and r["epoch"] == epoch
+        and r.get("seed") == seed
+        and r.get("metric_sizes") == dict(vars(sizes))
+    ]
+    if earlier:
+        result = {key: value for key, value in earlier[-1].items() if key not in ("epoch", "split", "kind")}
+    else:
+        console.print(f"{experiment.name}: disentanglement metrics on {dataset.name} (seed {seed})")
+        result = {"dataset": dataset.name, "seed": seed, **evaluate_disentanglement(model, dataset, seed, sizes)}
+        run.append(disentanglement_record(result, epoch))
+    write_disentanglement_section(run.report, result)
+    paths = write_disentanglement_figures(
+        model, run.figures, test_split.images[:10], normalised(result), result["factors"], False
+    )
+    scores = {key: result[key] for key in METRICS}
+    scores.update(
+        {key: result[key] for key in ("metric_sizes", "factor_vae_active_dims", "disentanglement_seconds", "seed")}
+    )
+    return scores, paths
 
 
 def _machine(meta: dict[str, Any]) -> dict[str, Any]:
@@ -251,8 +319,25 @@ def reproduce(
     results = [run_experiment(n, out, epochs, console, overrides, figure_format) for n in names]
     if name in GROUPS:
         atomic_write_json(Path(out) / "results.json", results)
-        atomic_write_text(Path(out) / "report.md", group_report(name, results))
+        atomic_write_text(Path(out) / "report.md", group_report(name, results, seed_runs(Path(out), names)))
     return results
+
+
+def seed_runs(out: Path, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The ``results.json`` of every finished seed run of these experiments in ``out`` (``NAME`` and
+    ``NAME-seedS``), at the experiment's current version, in the order of ``names`` and then of seed."""
+    found = []
+    for name in names:
+        pattern = re.compile(rf"{re.escape(name)}(-seed\d+)?")
+        runs = []
+        for folder in Path(out).iterdir() if Path(out).is_dir() else ():
+            results = folder / "results.json"
+            if pattern.fullmatch(folder.name) and results.is_file():
+                result = json.loads(results.read_text(encoding="utf-8"))
+                if result.get("version") == EXPERIMENTS[name].version:
+                    runs.append(result)
+        found += sorted(runs, key=lambda r: r.get("seed", 0))
+    return found
 
 
 def _verdict(result: dict[str, Any]) -> str:
@@ -329,7 +414,59 @@ def nll_group_report(group: str, results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def group_report(group: str, results: list[dict[str, Any]]) -> str:
+METRIC_LABELS = {
+    "beta_vae_score": "BetaVAE",
+    "factor_vae_score": "FactorVAE",
+    "mig": "MIG",
+    "sap": "SAP",
+    "dci_disentanglement": "DCI D",
+    "dci_completeness": "DCI C",
+    "dci_informativeness": "DCI I",
+}
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def disentanglement_group_report(group: str, results: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """One table of the five metrics per experiment, mean ± sd over its seed runs in ``runs``."""
+    lines = [
+        f"# vaelab reproduce {group}",
+        "",
+        "The disentanglement metrics of the posterior means (docs/disentanglement.md): mean ± sample standard "
+        "deviation over the seed runs found beside each other (`NAME`, `NAME-seedS`); one number where one seed "
+        "ran. -ELBO and KL on the test split, nats per image.",
+        "",
+        "| experiment | seeds | " + " | ".join(METRIC_LABELS.values()) + " | -ELBO | KL | train time |",
+        "|---|---|" + "---|" * (len(METRIC_LABELS) + 3),
+    ]
+    for r in results:
+        mine = [s for s in runs if s["experiment"] == r["experiment"] and "disentanglement" in s] or [r]
+        cells = [_spread([s["disentanglement"][key] for s in mine]) for key in METRIC_LABELS]
+        lines.append(
+            f"| {r['experiment']} | {', '.join(str(s.get('seed', 0)) for s in mine)} | "
+            + " | ".join(cells)
+            + f" | {_spread([s['test']['total'] for s in mine])} | {_spread([s['test']['kl'] for s in mine])} "
+            f"| {statistics.mean(s['train_seconds'] for s in mine) / 60:.1f} min |"
+        )
+    if any(s.get("modified") for s in runs + results):
+        lines += ["", "**Note: some of these runs changed the published config (--epochs or --set).**"]
+    lines += ["", "What the literature reports, and on which budget:", ""]
+    lines += [f"- {r['experiment']}: {EXPERIMENTS[r['experiment']].source}" for r in results]
+    lines.append("")
+    for r in results:
+        lines += [f"## {r['experiment']}: {EXPERIMENTS[r['experiment']].title}", ""]
+        lines += [f"![{Path(f).stem}]({r['run_dir']}/{f})" for f in r["figures"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def group_report(group: str, results: list[dict[str, Any]], runs: list[dict[str, Any]] | None = None) -> str:
+    if all("disentanglement" in r for r in results):
+        return disentanglement_group_report(group, results, runs if runs is not None else results)
     if all("nll" in r["test"] for r in results):
         return nll_group_report(group, results)
     lines = [
