@@ -13,10 +13,10 @@ mean ± sd over every seed run of its members found in ``OUT``.
 
 from __future__ import annotations
 
-import time
 import json
 import re
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,8 @@ def _measure_and_report(
     if dataset.ground_truth is not None and model.can("encode") and not model.takes_labels:
         scores, paths = _disentanglement(experiment, run, model, dataset, config, meta, test_split, console)
         result["disentanglement"] = scores
-        result["figures"] += [str(p.relative_to(run_dir)) for p in paths]
+        # latent_traversals.png is redrawn with each row named after its factor, as `vaelab plot` draws it
+        result["figures"] += [f for f in (str(p.relative_to(run_dir)) for p in paths) if f not in result["figures"]]
     atomic_write_json(run.results, result)
     return result
 
