@@ -37,6 +37,9 @@ MAX_FLOW_STEPS = 64  # far beyond Kingma et al.'s flows (2 to 8 steps)
 MAX_FLOW_HIDDEN = 16_384  # far beyond Kingma et al.'s MADEs (320 to 1920 units)
 MAX_WIDTH = 16_384  # a discriminator layer 16x Kim & Mnih's 1,000 units
 MAX_CLASSES = 100_000  # a one-hot label of this size is already 100x ImageNet's 1,000 classes
+MAX_CODEBOOK = 65_536  # 128x the VQ-VAE paper's 512 codes
+MAX_CODE_DIM = 4_096
+PRIOR_HEADS = 4  # vqvae: the prior transformer's attention heads; its width must divide by them
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -115,6 +118,13 @@ class ModelConfig(_Keys):
     inference: str = "bottom-up"  # hierarchical: bottom-up (Burda et al.) | ladder (Sønderby et al.)
     tc_weight: float = 10.0  # factorvae: gamma, the weight of the discriminator's total correlation estimate
     discriminator_hidden: list[int] = field(default_factory=lambda: [1000] * 6)  # factorvae: Kim & Mnih's 6 x 1000
+    codebook_size: int = 128  # vqvae: K, the codebook's vectors (van den Oord et al. used 512)
+    code_dim: int = 16  # vqvae: D, the numbers in each code vector; the code is an H/4 x W/4 grid of them
+    commitment: float = 0.25  # vqvae: beta, the weight of the commitment term ||z_e(x) - sg(e)||^2
+    codebook_decay: float = 0.99  # vqvae: gamma, the EMA codebook's decay per step
+    prior_epochs: int = 10  # vqvae: epochs of the second stage, the prior over the codes (0: a uniform prior)
+    prior_width: int = 64  # vqvae: the prior transformer's width (divisible by its 4 attention heads)
+    prior_layers: int = 4  # vqvae: the prior transformer's layers
 
     def validate(self) -> None:
         _check_plain_values(self, "model")
@@ -147,6 +157,28 @@ class ModelConfig(_Keys):
             raise VaelabError(
                 f"model.discriminator_hidden: a layer has at most {MAX_WIDTH} units, got {self.discriminator_hidden}"
             )
+        _between("model.codebook_size", self.codebook_size, 2, MAX_CODEBOOK)
+        _between("model.code_dim", self.code_dim, 1, MAX_CODE_DIM)
+        if not self.commitment >= 0:
+            raise VaelabError(f"model.commitment must be >= 0, got {self.commitment}")
+        if not 0 <= self.codebook_decay < 1:
+            raise VaelabError(
+                f"model.codebook_decay must be in [0, 1) (the EMA's decay per step), got {self.codebook_decay}"
+            )
+        _at_least("model.prior_epochs", self.prior_epochs, 0)
+        _between("model.prior_width", self.prior_width, PRIOR_HEADS, MAX_WIDTH)
+        if self.prior_width % PRIOR_HEADS:
+            raise VaelabError(
+                f"model.prior_width must be divisible by the prior's {PRIOR_HEADS} attention heads, got {self.prior_width}"
+            )
+        _between("model.prior_layers", self.prior_layers, 1, MAX_HIDDEN_LAYERS)
+        defaults = ModelConfig()
+        for key, users in MODEL_KEYS.items():
+            if self.family not in users and getattr(self, key) != getattr(defaults, key):
+                raise VaelabError(
+                    f"model.{key} applies to model.family = {' or '.join(users)}; it means nothing for "
+                    f"{self.family} (leave it at {getattr(defaults, key)})"
+                )
         if self.prior_cov:
             rows = self.prior_cov
             if len(rows) != self.latent_dim or any(len(r) != self.latent_dim for r in rows):
@@ -154,6 +186,21 @@ class ModelConfig(_Keys):
                     f"model.prior_cov must be a {self.latent_dim}x{self.latent_dim} matrix "
                     f"(model.latent_dim = {self.latent_dim}), got {rows}"
                 )
+
+
+# the families that read each of these model keys; any other family refuses a value set away from the default
+MODEL_KEYS = {
+    key: ("vqvae",)
+    for key in (
+        "codebook_size",
+        "code_dim",
+        "commitment",
+        "codebook_decay",
+        "prior_epochs",
+        "prior_width",
+        "prior_layers",
+    )
+}
 
 
 @dataclass

@@ -195,6 +195,11 @@ def train(
                 resume, figures=not no_figures, figure_format=figure_format
             )  # holds the run's lock until fit() ends
             if epochs is not None:
+                if len(trainer.stages) > 1 and trainer.epoch > trainer.config.train.epochs:
+                    raise VaelabError(
+                        f"{resume} has moved past its first stage ({trainer.stages[0].name}, "
+                        f"{trainer.config.train.epochs} epochs): --epochs, which sets that stage's epochs, cannot change now"
+                    )
                 if epochs < trainer.epoch:
                     raise VaelabError(f"{resume} has already trained {trainer.epoch} epochs; --epochs must be >= that")
                 trainer.config.train.epochs = epochs
@@ -499,7 +504,13 @@ def evaluate(
                 err_console.print(f"NLL, k = {k}: {done}/{len(test.images)} images ({rate:.2f} images/s)")
 
             estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=report)
-            result.update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
+            result.update(
+                {
+                    key: estimate[key]
+                    for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note")
+                    if key in estimate
+                }
+            )
             if result["nll_stderr"] != result["nll_stderr"]:  # NaN for a single image: JSON has no NaN
                 result["nll_stderr"] = None
         if written:
@@ -588,8 +599,9 @@ def _print_evaluation(name: str, result: dict, written_to: Path | None) -> None:
         console.print(Text(line, style="bold red" if line.startswith(COLLAPSE_WARNING) else ""))
     if "nll" in result:
         stderr = "n/a" if result["nll_stderr"] is None else f"{result['nll_stderr']:.2f}"
+        how = result.get("nll_note") or f"importance-weighted, k = {result['k']}"
         console.print(
-            f"NLL (importance-weighted, k = {result['k']}): {result['nll']:.2f} ± {stderr} nats "
+            f"NLL ({how}): {result['nll']:.2f} ± {stderr} nats "
             f"per image (± one standard error over {result['images']} images), {result['bits_per_dim']:.4f} bits/dim"
         )
     console.print(f"analysis took {result['analysis_seconds']:.1f} s", markup=False)

@@ -29,6 +29,7 @@ BUILTIN_MODULES = (
     "vaelab.model.gumbel",
     "vaelab.model.hierarchical",
     "vaelab.model.factorvae",
+    "vaelab.model.vqvae",
 )
 _loaded = False
 

@@ -24,7 +24,8 @@ def evaluation_seed(train_seed: int) -> int:
 def evaluate_elbo(
     model: LatentVariableModel, batches: Batches, seed: int = EVAL_SEED_OFFSET
 ) -> dict[str, float | list[float]]:
-    """Average -ELBO (total), reconstruction and KL per image; KL per latent dimension if it factorises.
+    """Average -ELBO (total), reconstruction and KL per image; KL per latent dimension if it factorises; and
+    each extra term the family names (``ElboParts.extra``), averaged over the images.
 
     The bound is a one-sample estimate per image, so its value depends on the noise ``seed`` (and on the
     batch size, which decides which noise each image draws). The default is the seed a run with
@@ -36,6 +37,7 @@ def evaluate_elbo(
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     kl_per_dim = None
+    extra: dict[str, torch.Tensor] = {}
     count = 0
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -48,10 +50,13 @@ def evaluate_elbo(
             if terms.kl_per_dim is not None:
                 batch_sum = terms.kl_per_dim.sum(0).double().cpu()
                 kl_per_dim = batch_sum if kl_per_dim is None else kl_per_dim + batch_sum
+            for name, value in terms.extra.items():
+                extra[name] = extra.get(name, 0.0) + value.sum().double().cpu()
             count += len(x)
     model.train(was_training)
     total, reconstruction, kl = (sums / count).tolist()
     result: dict[str, float | list[float]] = {"total": total, "reconstruction": reconstruction, "kl": kl}
     if kl_per_dim is not None:
         result["kl_per_dim"] = (kl_per_dim / count).tolist()
+    result.update({name: float(value / count) for name, value in extra.items() if name not in result})
     return result

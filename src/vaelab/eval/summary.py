@@ -54,6 +54,7 @@ from vaelab.eval.conditional import label_accuracy
 from vaelab.eval.frechet import NOT_FID_NOTE, sample_frechet_distance
 from vaelab.io import atomic_write_text
 from vaelab.model.base import LatentVariableModel
+from vaelab.model.codebook import usage_summary
 from vaelab.runs import RunDir
 
 FRECHET_SAMPLES = 10_000
@@ -158,10 +159,20 @@ def evaluate_model(
             )
     if model.can("discrete_code"):  # a discrete latent: how well its categories match the classes
         result["cluster_accuracy"] = best_match_accuracy(discrete_codes(model, test), test.labels)
+    if model.can("code_usage"):  # a quantised code: how much of its codebook the test set uses
+        result.update(code_usage_analysis(model, test))
     if model.can("layer_means") and n_test >= 2:  # several stochastic layers: each one's KL, units, collapse
         result["layers"] = layer_analysis(model, test, result.get("kl_per_dim"))
     result["analysis_seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+@torch.no_grad()
+def code_usage_analysis(model: LatentVariableModel, test: Batches) -> dict[str, Any]:
+    """The test set's codebook usage: perplexity, codes used (number, fraction), over every grid position."""
+    model.eval()
+    counts = sum(model.code_usage(x).cpu() for x in test.epoch(shuffle=False))
+    return usage_summary(counts)
 
 
 @torch.no_grad()
@@ -278,6 +289,11 @@ def analysis_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"Fréchet distance, {result['frechet_samples']} prior samples vs {result['frechet_reference_images']} "
             f"test images: {result['frechet_distance']:.3f} ({result['frechet_note']})"
+        )
+    if "code_perplexity" in result:
+        lines.append(
+            f"codebook usage over the test set: {result['codes_used']} of {result['codebook_size']} codes used "
+            f"({_pct(result['codes_used_fraction'])}), perplexity {result['code_perplexity']:.1f}"
         )
     if "cluster_accuracy" in result:
         lines.append(

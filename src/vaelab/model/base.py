@@ -25,6 +25,16 @@ A latent-variable model trained by amortised variational inference offers some o
   factorise over dimensions refuses it;
 * ``parameter_groups()``: the optimiser's parameter groups, each with the settings it departs from the
   run's in (a family that trains an adversary with its own Adam betas: factorvae). Default: one group.
+* ``stages()`` and ``enter_stage(i)``: a family trained in stages (vqvae: the autoencoder and its
+  codebook, then a prior over the codes) names them; the trainer runs ``train.epochs`` of the first and
+  each later stage's own epochs, calling ``enter_stage`` before a stage's first epoch (and on a resume),
+  which freezes what that stage does not train; it optimises what still requires a gradient.
+  Default: one stage, the whole model.
+* ``log_likelihood_bound(x, ctx)``: a lower bound on log p(x) per image computed without sampling, for a
+  family whose posterior is deterministic (vqvae: one-hot codes, so IWAE-k equals it for every k);
+  ``eval --nll`` uses it where a family has no importance weights.
+* ``code_usage(x)``: how often each codebook vector is chosen over the images (a quantised code):
+  the code-usage figure and the test set's codebook perplexity.
 
 A family may add terms of its own to what is minimised: ``ElboParts.penalty`` (per example, not part of
 the bound) is added to the loss by the objectives built on ``elbo`` / ``code_densities`` (elbo, capacity,
@@ -99,6 +109,15 @@ class Context:
         return eps[..., self.shard.start : self.shard.stop, :]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a family's training (see ``stages()``)."""
+
+    name: str
+    epochs: int | None = None  # None: train.epochs (the first stage); a later stage names its own
+    summary: str = ""
+
+
 @dataclass
 class ElboParts:
     """Per-example terms of the ELBO, nats: -ELBO = reconstruction + kl."""
@@ -142,7 +161,13 @@ class Terms:
 
 
 EXPORT_PARTS = ("encoder", "decoder")
-IMAGE_INPUTS = ("encode", "reconstruct", "features", "discrete_code")  # methods whose first argument is images
+IMAGE_INPUTS = (
+    "encode",
+    "reconstruct",
+    "features",
+    "discrete_code",
+    "code_usage",
+)  # methods whose first argument is images
 
 
 def _taking_any_images(method: Callable) -> Callable:
@@ -292,6 +317,21 @@ class LatentVariableModel(nn.Module):
 
     def code_densities(self, x: torch.Tensor, ctx: Context) -> CodeDensities:
         raise self._unsupported("per-dimension posterior densities (objective.name = btcvae)")
+
+    def log_likelihood_bound(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        raise self._unsupported("deterministic bound on log p(x) (eval --nll)")
+
+    def code_usage(self, x: torch.Tensor) -> torch.Tensor:
+        raise self._unsupported("codebook (code usage)")
+
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages training goes through, in order; the default trains the whole model in one."""
+        return (Stage("model", None, "the whole model"),)
+
+    def enter_stage(self, index: int) -> None:
+        """Make the model ready for stage ``index`` of :meth:`stages` (freeze what it does not train)."""
+        if index != 0:
+            raise VaelabError(f"the {self.family} model family trains in one stage; there is no stage {index}")
 
     def parameter_groups(self) -> list[dict]:
         """The optimiser's parameter groups; a group's own settings (betas...) override the run's."""

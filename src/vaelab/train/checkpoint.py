@@ -65,6 +65,17 @@ def save_checkpoint(
     atomic_write(Path(path), lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
 
 
+def checkpoint_info(path: Path) -> dict[str, Any]:
+    """The checkpoint's info (epoch, stage...) without its tensors; {} where it cannot be read, which
+    :func:`load_checkpoint` then reports in full."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            info = json.loads((handle.metadata() or {}).get("info", "{}"))
+    except Exception:  # a missing or damaged file: load_checkpoint says which
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,

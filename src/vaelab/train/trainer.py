@@ -14,6 +14,14 @@ updated after every optimiser step (``torch.optim.swa_utils.AveragedModel``), is
 evaluates, saves and draws its figures with; the optimiser keeps training the raw weights. Both are
 in the checkpoint, so a resumed run continues the same average.
 
+Stages (``model.stages()``): a family trained in stages (vqvae: its autoencoder, then a prior over its
+codes) gets ``train.epochs`` epochs of its first stage and each later stage's own epochs after them,
+numbered on (epochs 1..E of the first, E+1.. of the next). Before a stage's first epoch the trainer
+calls ``model.enter_stage(i)``, which freezes what the stage does not train, and starts a fresh Adam over
+the parameters still requiring a gradient, its learning-rate schedule running over the stage's epochs.
+Checkpoints say their stage, and a resume enters it before restoring the optimiser's state, so a run
+interrupted on either side of the boundary resumes exactly.
+
 Data-parallel training (``torchrun --nproc-per-node N -m vaelab train ...``) is described in
 ``vaelab.train.distributed``: N processes compute the single-process update of each global batch,
 and only rank 0 writes the run directory.
@@ -43,7 +51,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import vaelab
 from vaelab.allocator import retain_freed_memory
-from vaelab.config import RunConfig, objective_keys
+from vaelab.config import MODEL_KEYS, RunConfig, objective_keys
 from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
@@ -51,7 +59,7 @@ from vaelab.io import REASONS, atomic_write, atomic_write_text, cannot_write, os
 from vaelab.model import Shard, build_model, build_objective, save_model
 from vaelab.runs import RunDir
 from vaelab.runs.rundir import CONFIG
-from vaelab.train.checkpoint import load_checkpoint, save_checkpoint
+from vaelab.train.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world, launched_rank
 from vaelab.train.divergence import stop_if_diverged
 from vaelab.train.precision import network_dtype
@@ -161,9 +169,64 @@ class Trainer:
         self.model.to(self.device)
         self.world.broadcast_parameters(self.model)
         self.objective = build_objective(config.objective)
-        # fused: one kernel for the whole update instead of a dozen per tensor (~5-25% faster steps here);
-        # a family's parameter groups may set their own Adam settings (factorvae's discriminator: its betas)
-        self.optimizer = torch.optim.Adam(self.model.parameter_groups(), lr=train.lr, eps=train.adam_eps, fused=True)
+        self.stages = self.model.stages()
+        staged_refusals = {"train.minutes": train.minutes > 0, "train.early_stopping": train.early_stopping > 0}
+        staged_refusals["train.keep_best"] = train.keep_best
+        for key in [k for k, on in staged_refusals.items() if on and len(self.stages) > 1]:
+            raise VaelabError(
+                f"{key} is not supported for a model trained in stages ({', '.join(s.name for s in self.stages)}): "
+                "set the epochs of each instead"
+            )
+        self.averaged = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
+            if train.ema_decay > 0
+            else None
+        )
+        self.enter_stage(0)
+        self.epoch = 0  # epochs completed
+        self.figure_paths: list[Path] = []  # what finish() drew
+        self._say_progress = False  # set by fit(): lines on the console as the run goes
+        # mid-epoch: (next step, loss sums, images, the extra terms' sums)
+        self._resume_point: tuple[int, list[float], int, dict[str, float]] | None = None
+
+    # --- stages ----------------------------------------------------------------------------------
+
+    @property
+    def total_epochs(self) -> int:
+        """The epochs of every stage: train.epochs for the first, each later stage's own."""
+        return self.config.train.epochs + sum(stage.epochs or 0 for stage in self.stages[1:])
+
+    def stage_span(self, index: int) -> tuple[int, int]:
+        """(epochs before stage ``index``, its epochs)."""
+        lengths = [self.config.train.epochs] + [stage.epochs or 0 for stage in self.stages[1:]]
+        return sum(lengths[:index]), lengths[index]
+
+    def stage_of(self, epoch_index: int) -> int:
+        """The stage that trains the epoch ``epoch_index`` (0-based)."""
+        for index in range(len(self.stages)):
+            start, length = self.stage_span(index)
+            if epoch_index < start + length:
+                return index
+        return len(self.stages) - 1
+
+    def enter_stage(self, index: int) -> None:
+        """The model (and its moving average) made ready for stage ``index``, and a fresh optimiser over
+        what that stage trains."""
+        self.model.enter_stage(index)
+        if self.averaged is not None:
+            self.averaged.module.enter_stage(index)
+        self.stage = index
+        train = self.config.train
+        # a family's parameter groups may set their own Adam settings (factorvae's discriminator: its betas);
+        # a stage trains the parameters its model still requires a gradient for
+        groups = [
+            {**group, "params": [p for p in group["params"] if p.requires_grad]}
+            for group in self.model.parameter_groups()
+        ]
+        # fused: one kernel for the whole update instead of a dozen per tensor (~5-25% faster steps here)
+        self.optimizer = torch.optim.Adam(
+            [g for g in groups if g["params"]], lr=train.lr, eps=train.adam_eps, fused=True
+        )
         self.step = TrainStep(
             self.model,
             self.objective,
@@ -174,15 +237,10 @@ class Trainer:
             compile=train.compile,
             dataset_size=len(self.train_batches.images),
         )
-        self.averaged = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
-            if train.ema_decay > 0
-            else None
-        )
-        self.epoch = 0  # epochs completed
-        self.figure_paths: list[Path] = []  # what finish() drew
-        self._say_progress = False  # set by fit(): lines on the console as the run goes
-        self._resume_point: tuple[int, list[float], int] | None = None  # (next step, loss sums, images) mid-epoch
+
+    def _stage_fields(self) -> dict[str, Any]:
+        """What a record or checkpoint of a model trained in stages says about the stage (nothing otherwise)."""
+        return {"stage": self.stages[self.stage].name} if len(self.stages) > 1 else {}
 
     @property
     def final_model(self) -> torch.nn.Module:
@@ -212,6 +270,7 @@ class Trainer:
             trainer = cls(
                 RunConfig.load(run.config), run.path, console=console, figures=figures, figure_format=figure_format
             )
+            trainer.enter_stage(trainer._checkpoint_stage(checkpoint_info(run.own(CHECKPOINT))))
             rng, info = load_checkpoint(run.own(CHECKPOINT), trainer.model, trainer.optimizer, trainer.averaged)
             torch.set_rng_state(rng["torch"])
             trainer.data_generator.set_state(rng["data"])
@@ -226,6 +285,17 @@ class Trainer:
             raise
         trainer._lock = lock
         return trainer
+
+    def _checkpoint_stage(self, info: dict[str, Any]) -> int:
+        """The stage a checkpoint was written in (its optimiser holds that stage's parameters)."""
+        name = info.get("stage", self.stages[0].name)
+        names = [stage.name for stage in self.stages]
+        if name not in names:
+            raise VaelabError(
+                f"{self.run_dir / CHECKPOINT} says it was written in stage {name!r}; this model trains in "
+                f"{', '.join(names)}: the checkpoint was edited or belongs to another run"
+            )
+        return names.index(name)
 
     def _truncate_metrics(self, epoch: int) -> None:
         """Drop records written after the checkpoint, so a resumed run's log has no duplicates.
@@ -280,16 +350,21 @@ class Trainer:
         train = self.config.train
         if train.minutes > 0:  # the schedule over the time budget: where in it this epoch starts
             lr = learning_rate(train.lr_schedule, train.lr, self.train_seconds(), 60 * train.minutes)
-        else:
-            lr = learning_rate(train.lr_schedule, train.lr, self.epoch, train.epochs)
+        else:  # over the stage's epochs (one stage: train.epochs)
+            start, length = self.stage_span(self.stage)
+            lr = learning_rate(train.lr_schedule, train.lr, self.epoch - start, length)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         steps = len(self.train_batches)
         world = self.world
         sizes = self.train_batches.batch_sizes()
-        first_step, sums, count = self._resume_point or (0, [0.0] * self._sums_size, 0)
+        first_step, sums, count, extra = self._resume_point or (0, [0.0] * self._sums_size, 0, {})
         self._resume_point = None
         sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        # the family's extra terms (per example), summed as the loss is
+        extra_sums = {
+            name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in extra.items()
+        }
         count_before, start = count, time.perf_counter()
         last_checkpoint = last_line = start
         plain_lines = self._say_progress and progress is not None and progress.disable  # no bar: lines instead
@@ -316,6 +391,8 @@ class Trainer:
             if train.keras_log:  # Keras' Mean trackers: the batch means' running mean; its progress bar's loss
                 sums[3:6] += torch.stack([p.mean() for p in parts]).double()  # the mean of those running means
                 sums[6] += sums[3] / (step + 1)
+            for name, value in terms.extra.items():
+                extra_sums[name] = extra_sums.get(name, 0.0) + value.detach().sum().double()
             count += len(x)
             if progress is not None and (step % 25 == 0 or step == steps - 1):
                 loss = sums[0].item() / count
@@ -330,12 +407,17 @@ class Trainer:
                         markup=False,
                     )
             if self._mid_epoch_checkpoint_due(last_checkpoint) and step < steps - 1:
-                self._save_mid_epoch(step + 1, sums, count, epoch_data_state)
+                self._save_mid_epoch(step + 1, sums, count, epoch_data_state, extra_sums)
                 last_checkpoint = time.perf_counter()
+        names = sorted(extra_sums)
+        extra_sum = torch.stack([extra_sums[n] for n in names]) if names else sums.new_zeros(0)
         if world.distributed:  # the whole global batch's sums, the same on every process
             world.all_reduce_sum(sums)
+            if names:
+                world.all_reduce_sum(extra_sum)
             count = int(world.all_reduce_sum(torch.tensor([count], dtype=torch.float64, device=self.device)).item())
         total, reconstruction, kl = (sums[:3] / count).tolist()  # syncs the device before the clock stops
+        extra_means = dict(zip(names, (extra_sum / count).tolist()))
         seconds = time.perf_counter() - start
         if not math.isfinite(total):
             self._stop_if_diverged([{"split": "train", "total": total}], epoch=self.epoch + 1)
@@ -346,6 +428,7 @@ class Trainer:
             "seconds": seconds,
             "images_per_second": (count - count_before) / seconds,
             "lr": lr,
+            **extra_means,
         }
         if train.keras_log:
             keras = (sums[3:] / steps).tolist()
@@ -364,9 +447,17 @@ class Trainer:
         minutes = self.config.train.checkpoint_minutes
         return minutes > 0 and not self.world.distributed and time.perf_counter() - last >= 60 * minutes
 
-    def _save_mid_epoch(self, next_step: int, sums: torch.Tensor, count: int, epoch_data_state: torch.Tensor) -> None:
+    def _save_mid_epoch(
+        self,
+        next_step: int,
+        sums: torch.Tensor,
+        count: int,
+        epoch_data_state: torch.Tensor,
+        extra_sums: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         """A checkpoint inside an epoch: an interrupted slow epoch loses minutes, not the epoch."""
         sums_list = sums.tolist()
+        extra = {name: float(value) for name, value in (extra_sums or {}).items()}
         if not all(math.isfinite(v) for v in sums_list):
             return  # never checkpoint a diverged state; the end of the epoch reports it
         self._stop_if_diverged([], epoch=self.epoch + 1)  # finite loss, but the weights or Adam's state may not be
@@ -375,7 +466,14 @@ class Trainer:
             self.model,
             self.optimizer,
             {**self._rng_states(), "data": epoch_data_state},
-            {"epoch": self.epoch, "step": next_step, "sums": sums_list, "count": count},
+            {
+                "epoch": self.epoch,
+                "step": next_step,
+                "sums": sums_list,
+                "count": count,
+                **({"extra_sums": extra} if extra else {}),
+                **self._stage_fields(),
+            },
             self.averaged,
         )
 
@@ -395,6 +493,7 @@ class Trainer:
         if "step" not in info:
             return
         step, sums, count = info.get("step"), info.get("sums"), info.get("count")
+        extra = info.get("extra_sums", {})
         valid = (
             type(step) is int
             and 0 < step < len(self.train_batches)
@@ -403,6 +502,8 @@ class Trainer:
             and isinstance(sums, list)
             and len(sums) == self._sums_size
             and all(type(v) in (int, float) and math.isfinite(v) for v in sums)
+            and isinstance(extra, dict)
+            and all(type(v) in (int, float) and math.isfinite(v) for v in extra.values())
         )
         if not valid:
             raise VaelabError(
@@ -411,7 +512,7 @@ class Trainer:
             )
         if self.world.distributed:
             raise VaelabError(f"{self.run_dir} stopped inside an epoch: resume it in one process, not under torchrun")
-        self._resume_point = (step, [float(v) for v in sums], count)
+        self._resume_point = (step, [float(v) for v in sums], count, {str(k): float(v) for k, v in extra.items()})
 
     def evaluate(self, batches: Batches) -> dict[str, Any]:
         return evaluate_elbo(self.final_model, batches, seed=evaluation_seed(self.config.train.seed))
@@ -425,10 +526,12 @@ class Trainer:
         """
         main = self.world.is_main  # only rank 0 writes the run directory
         self._say_progress = progress and main
-        if self.epoch > self.config.train.epochs:
+        if self.epoch > self.total_epochs:
             raise VaelabError(
                 f"{self.run_dir}: its checkpoint says {self.epoch} epochs were trained, more than the run's "
-                f"train.epochs = {self.config.train.epochs}; the checkpoint was edited or belongs to another run"
+                f"{self.total_epochs} (train.epochs = {self.config.train.epochs}"
+                + "".join(f", {s.name}: {s.epochs}" for s in self.stages[1:])
+                + "); the checkpoint was edited or belongs to another run"
             )
         with ExitStack() as lock:
             if self._lock is not None:  # taken by resume()
@@ -449,7 +552,7 @@ class Trainer:
         if main and self.epoch == 0:
             self.run.metrics.unlink(missing_ok=True)
             self.config.save(self.run.config)
-        epochs = self.config.train.epochs
+        epochs = self.total_epochs
         try:
             writer = (
                 SummaryWriter(log_dir=str(self.run_dir), purge_step=self.epoch + 1 if self.epoch else None)
@@ -473,6 +576,8 @@ class Trainer:
         try:
             with Progress(*columns, console=self.console, disable=not show_bar, transient=True) as bar:
                 while self.epoch < epochs and not self.budget_spent() and not self.early_stop_due():
+                    if self.stage_of(self.epoch) != self.stage:  # the next stage's first epoch
+                        self.enter_stage(self.stage_of(self.epoch))
                     task = bar.add_task(
                         "train", total=len(self.train_batches), epoch=f"{self.epoch + 1}/{epochs}", loss=""
                     )
@@ -499,14 +604,18 @@ class Trainer:
         return states
 
     def _end_epoch(self, train_metrics: dict[str, float], writer, progress: bool) -> None:
-        records = [{"epoch": self.epoch, "split": "train", **train_metrics}]
+        stage = self._stage_fields()
+        records = [{"epoch": self.epoch, "split": "train", **stage, **train_metrics}]
         if self.validation_batches is not None:
-            records.append({"epoch": self.epoch, "split": "validation", **self.evaluate(self.validation_batches)})
+            records.append(
+                {"epoch": self.epoch, "split": "validation", **stage, **self.evaluate(self.validation_batches)}
+            )
         self._stop_if_diverged(records)
         for record in records:
             self._log(record)
-            for key in ("total", "reconstruction", "kl"):
-                writer.add_scalar(f"{record['split']}/{key}", record[key], self.epoch)
+            for key, value in record.items():
+                if key in ("total", "reconstruction", "kl") or key in self._extra_names(record):
+                    writer.add_scalar(f"{record['split']}/{key}", value, self.epoch)
         self._log_images(writer)
         writer.flush()
         if self.config.train.keep_best and self.best_validation()[0] == self.epoch:
@@ -516,16 +625,24 @@ class Trainer:
             self.model,
             self.optimizer,
             self._rng_states(),
-            {"epoch": self.epoch},
+            {"epoch": self.epoch, **stage},
             self.averaged,
         )
         if progress:
-            line = f"epoch {self.epoch}/{self.config.train.epochs}  train {train_metrics['total']:.2f}"
+            line = f"epoch {self.epoch}/{self.total_epochs}{' (' + stage['stage'] + ')' if stage else ''}"
+            line += f"  train {train_metrics['total']:.2f}"
             if len(records) > 1:
                 v = records[1]
                 line += f"  validation {v['total']:.2f} (recon {v['reconstruction']:.2f} + KL {v['kl']:.2f})"
             line += f"  [{train_metrics['seconds']:.1f} s, {train_metrics['images_per_second']:.0f} img/s]"
             self.console.print(line)
+
+    @staticmethod
+    def _extra_names(record: dict[str, Any]) -> list[str]:
+        """A record's extra terms: the family's named numbers beside the standard ones."""
+        standard = {"epoch", "split", "stage", "total", "reconstruction", "kl", "kl_per_dim", "seconds"}
+        standard |= {"images_per_second", "lr"}
+        return [k for k, v in record.items() if k not in standard and isinstance(v, float)]
 
     def _stop_if_diverged(self, records: list[dict[str, Any]], kept: str = "", epoch: int | None = None) -> None:
         """Before anything of this epoch is written: finite weights, optimiser state and numbers, or one
@@ -675,6 +792,14 @@ class Trainer:
         )
 
 
+def _model_line(m) -> str:
+    """The report's model line: the family's own keys where it has some (MODEL_KEYS), else the slots'."""
+    own = [key for key, users in MODEL_KEYS.items() if m.family in users]
+    if own:
+        return f"- model: {m.family}, likelihood {m.likelihood}, " + ", ".join(f"{k} {getattr(m, k)}" for k in own)
+    return f"- model: {m.arch}, latent dim {m.latent_dim}, prior {m.prior}, likelihood {m.likelihood}, posterior {m.posterior}"
+
+
 def _add_image(writer, tag: str, grid: np.ndarray, step: int) -> None:
     writer.add_image(tag, grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
 
@@ -688,7 +813,7 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
         f"# vaelab run: {run_dir.name}",
         "",
         f"- data: {config.data.name} (binarisation: {config.data.binarize}, validation: last {config.data.validation_size} training images)",
-        f"- model: {m.arch}, latent dim {m.latent_dim}, prior {m.prior}, likelihood {m.likelihood}, posterior {m.posterior}",
+        _model_line(m),
         f"- objective: {config.objective.name} (beta {config.objective.beta}, k {config.objective.k}"
         + "".join(f", {key} {getattr(config.objective, key):g}" for key in objective_keys(config.objective.name))
         + (f", {config.objective.gradient} gradient)" if config.objective.name == "iwae" else ")"),
@@ -697,6 +822,12 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
         + (", compiled" if t.compile else "")
         + (f"; evaluated with the weights' moving average (decay {t.ema_decay:g} per step)" if t.ema_decay else ""),
     ]
+    stages: dict[str, list[int]] = {}
+    for r in train_rows:
+        if "stage" in r:
+            stages.setdefault(str(r["stage"]), []).append(int(r["epoch"]))
+    if stages:
+        lines.append("- stages: " + ", ".join(f"{name} (epochs {min(e)}-{max(e)})" for name, e in stages.items()))
     if train_rows:
         seconds = sum(r.get("seconds", 0.0) for r in train_rows if isinstance(r.get("seconds"), (int, float)))
         lines.append(f"- training time: {seconds:.0f} s ({seconds / len(train_rows):.1f} s per epoch)")

@@ -701,7 +701,8 @@ def write_run_figures(
     latent_scatter_3d, latent_projections and manifold_cross_sections (swept over the most active
     dimensions); above 3: latent_manifold (remaining dimensions at 0), latent_traversals and, with
     labels, latent_pca. A model that conditions on labels gets those of
-    :func:`vaelab.viz.conditional.conditional_figures` instead. Files are ``figure_format``'s kind
+    :func:`vaelab.viz.conditional.conditional_figures` instead; a model whose code is quantised to a
+    codebook (``can("code_usage")``) gets code_usage instead of the latent figures. Files are ``figure_format``'s kind
     (default PNG at 110 dpi).
     """
     from vaelab.viz.dimensions import latent_pca, latent_traversals
@@ -731,6 +732,13 @@ def write_run_figures(
     put("samples.png", prior_samples(model, n=100, seed=seed))
     i, j = _two_of_different_classes(labels, len(x))
     put("interpolation.png", interpolation(model, x[i], x[j], steps=10))
+
+    if model.can("code_usage"):  # a code quantised to a codebook: how it is used; no continuous z to lay out
+        from vaelab.viz.codes import codebook_figures
+
+        for name, fig in codebook_figures(model, x):
+            put(name, fig)
+        return written
 
     if model.can("layer_means"):  # several stochastic layers: what each one holds (vaelab.viz.hierarchy)
         from vaelab.viz.hierarchy import hierarchy_figures
