@@ -38,6 +38,8 @@ from vaelab.runs import CHECKPOINT, RunDir
 from vaelab.runs.rundir import CONFIG, MODEL_JSON
 from vaelab.train import Trainer, make_batches, write_run_report
 
+# a test record's keys that are not a family's extra terms
+_RECORD_KEYS = {"epoch", "split", "stage", "total", "reconstruction", "kl", "kl_per_dim"}
 # keys that change how fast a run goes, not what it computes
 _EXECUTION_KEYS = {"train": ("threads", "device")}
 
@@ -174,6 +176,19 @@ def _measure_and_report(
 
         console.print(f"{name}: label accuracy of conditional samples")
         result["label_accuracy"] = label_accuracy(model, seed=evaluation_seed(config.train.seed))
+    if model.can("code_usage"):  # a quantised code: how much of its codebook the test set uses
+        from vaelab.eval.summary import code_usage_analysis
+
+        result["code_usage"] = code_usage_analysis(model, test_split)
+    result["test"].update({k: v for k, v in test.items() if k not in _RECORD_KEYS and isinstance(v, float)})
+    if experiment.frechet:
+        from vaelab.eval.frechet import sample_frechet_distance
+
+        if frechet_applicable(dataset) is None:
+            reference = dataset.x_test[: len(test_split.images)]
+            result["frechet"] = sample_frechet_distance(model, reference, seed=evaluation_seed(config.train.seed))
+        else:
+            result["frechet"] = {"frechet_distance": None, "frechet_note": frechet_applicable(dataset)}
     if experiment.nll_k:
         from vaelab.eval import estimate_log_likelihood
 
@@ -187,7 +202,9 @@ def _measure_and_report(
             console.print(f"{name}: NLL, k = {experiment.nll_k}: {done:,}/{total:,} images ({rate:.2f} images/s)")
 
         estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k, progress=report)
-        result["test"].update({key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k")})
+        result["test"].update(
+            {key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note") if key in estimate}
+        )
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
     if experiment.reference_log:  # a published training log: ours beside it, epoch by epoch
         result["training_log"] = training_log_beside(experiment.reference_log, records)
@@ -293,9 +310,10 @@ def training_log_section(result: dict[str, Any]) -> str:
 
 def nll_section(result: dict[str, Any]) -> str:
     t, published = result["test"], result["published"].get("nll")
+    how = t.get("nll_note") or f"importance sampling, k = {t['k']}"
     lines = [
         "",
-        f"## Test log-likelihood (importance sampling, k = {t['k']})",
+        f"## Test log-likelihood ({how})",
         "",
         f"NLL = {t['nll']:.2f} ± {t['nll_stderr']:.2f} nats per image ({t['bits_per_dim']:.4f} bits/dim)",
     ]
