@@ -350,3 +350,22 @@ def test_fashion_mnist_trains_where_installed(tmp_path):
     )
     test = Trainer(config, tmp_path / "run", figures=False).fit(progress=False)
     assert math.isfinite(test["total"]) and test["kl"] < 49 * math.log(16)
+
+
+@pytest.mark.skipif("vqvae-mnist" not in __import__("vaelab.pretrained").pretrained.available(), reason="not shipped")
+def test_the_shipped_vqvae_repeats_its_code_usage_and_bound():
+    import vaelab.pretrained
+    from vaelab.eval import estimate_log_likelihood
+    from vaelab.eval.summary import code_usage_analysis
+    from vaelab.model import load_model
+    from vaelab.train import make_batches
+
+    folder = vaelab.pretrained.path("vqvae-mnist")
+    model, config, _ = load_model(folder)
+    recorded = json.loads((folder / "results.json").read_text())
+    test = make_batches(config)[1]["test"]
+    assert model.learned_prior
+    assert code_usage_analysis(model, test) == pytest.approx(recorded["code_usage"])
+    bound = estimate_log_likelihood(model, test)
+    assert bound["nll"] == pytest.approx(recorded["test"]["nll"], abs=1e-3)
+    assert bound["bits_per_dim"] == pytest.approx(recorded["test"]["bits_per_dim"], abs=1e-5)

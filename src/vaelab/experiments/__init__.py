@@ -287,7 +287,7 @@ def _vqvae(dataset: str = "mnist") -> Callable[[], RunConfig]:
 
 
 VQVAE_EPOCHS = 5
-VQVAE_PRIOR_EPOCHS = 4
+VQVAE_PRIOR_EPOCHS = 3
 VQVAE = "van den Oord, Vinyals & Kavukcuoglu (2017); the Gaussian VAE to compare with is burda-vae (README)"
 
 for _name, _dataset, _title in (

@@ -193,7 +193,7 @@ def _measure_and_report(
         from vaelab.eval import estimate_log_likelihood
 
         console.print(
-            f"{name}: importance-weighted NLL on {len(test_split.images)} test images, k = {experiment.nll_k}"
+            f"{name}: the test NLL on {len(test_split.images)} test images (k = {experiment.nll_k} where importance-sampled)"
         )
         started, total = time.perf_counter(), len(test_split.images)
 
