@@ -27,7 +27,9 @@ class Experiment:
     nll_k: int = 0  # > 0: also report the importance-weighted test NLL with this many samples
     precision: str = "fp32"  # the recipe's; bf16 falls back to fp32 on a CPU without native bf16
     reference_log: tuple[dict[str, float], ...] = ()  # a published per-epoch training log to set ours beside
-    frechet: bool = False  # also record the Fréchet distance of prior samples (MNIST: the shipped classifier's features)
+    frechet: bool = (
+        False  # also record the Fréchet distance of prior samples (MNIST: the shipped classifier's features)
+    )
 
     def config(self) -> tuple[RunConfig, str | None]:
         """The run's config on this machine, and a one-line notice where it departs from the recipe."""

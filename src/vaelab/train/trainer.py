@@ -402,7 +402,7 @@ class Trainer:
                 if plain_lines and time.perf_counter() - last_line >= PLAIN_PROGRESS_SECONDS:
                     last_line = time.perf_counter()
                     self.console.print(
-                        f"epoch {self.epoch + 1}/{train.epochs}: {step + 1}/{steps} batches, train loss {loss:.2f} "
+                        f"epoch {self.epoch + 1}/{self.total_epochs}: {step + 1}/{steps} batches, train loss {loss:.2f} "
                         f"[{last_line - start:.0f} s]",
                         markup=False,
                     )
