@@ -58,7 +58,18 @@ class ConvEncoder(nn.Module):
         return self.net(x)
 
 
-class ConvDecoder(nn.Module):
+class ChannelBiasOutput:
+    """For a decoder whose last layer (``self.net[-1]``) is a convolution: one output bias per channel."""
+
+    @torch.no_grad()
+    def set_output_bias(self, mean_image: torch.Tensor, output_for_mean) -> None:
+        """Set the last layer's bias to ``output_for_mean`` of each channel's mean over pixels (the
+        layer has one bias per channel, so it can match the channel's mean intensity, no more)."""
+        last = self.net[-1]
+        last.bias.copy_(output_for_mean(mean_image.reshape(mean_image.shape[0], -1).mean(1)).reshape(last.bias.shape))
+
+
+class ConvDecoder(ChannelBiasOutput, nn.Module):
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], out_channels: int) -> None:
         super().__init__()
         _check_divisible(image_shape)
@@ -77,13 +88,6 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
-
-    @torch.no_grad()
-    def set_output_bias(self, mean_image: torch.Tensor, output_for_mean) -> None:
-        """Set the last layer's bias to ``output_for_mean`` of each channel's mean over pixels (the
-        layer has one bias per channel, so it can match the channel's mean intensity, no more)."""
-        last = self.net[-1]
-        last.bias.copy_(output_for_mean(mean_image.reshape(mean_image.shape[0], -1).mean(1)).reshape(last.bias.shape))
 
 
 @ARCHITECTURES.register("conv", "the study's conv pair (Keras' VAE example): 2 strided convs, dense 16, and back")

@@ -20,7 +20,7 @@ from torch import nn
 
 from vaelab.core.registry import ARCHITECTURES
 from vaelab.errors import VaelabError
-from vaelab.nets.conv import keras_init
+from vaelab.nets.conv import ChannelBiasOutput, keras_init
 
 STRIDE_2_LAYERS = 4  # each halves the image: H and W must be multiples of 2^4
 HIDDEN = 256
@@ -57,7 +57,7 @@ class Conv64Encoder(nn.Module):
         return self.net(x)
 
 
-class Conv64Decoder(nn.Module):
+class Conv64Decoder(ChannelBiasOutput, nn.Module):
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], out_channels: int) -> None:
         super().__init__()
         _check_size(image_shape)
@@ -78,12 +78,6 @@ class Conv64Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
-
-    @torch.no_grad()
-    def set_output_bias(self, mean_image: torch.Tensor, output_for_mean) -> None:
-        """The last layer's bias (one per channel) at ``output_for_mean`` of each channel's mean intensity."""
-        last = self.net[-1]
-        last.bias.copy_(output_for_mean(mean_image.reshape(mean_image.shape[0], -1).mean(1)).reshape(last.bias.shape))
 
 
 @ARCHITECTURES.register(

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vaelab.errors import VaelabError
+from vaelab.nets.conv import ChannelBiasOutput
 
 WIDTH = 64  # channels of the grid's conv layers
 RESIDUAL_HIDDEN = 32  # the residual block's bottleneck (the paper's 3x3 then 1x1 pair)
@@ -59,7 +60,7 @@ class GridEncoder(nn.Module):
         return self.net(x)
 
 
-class GridDecoder(nn.Module):
+class GridDecoder(ChannelBiasOutput, nn.Module):
     """Code vectors B x D x H/4 x W/4 -> the likelihood's parameters B x (C * params) x H x W."""
 
     def __init__(self, code_dim: int, out_channels: int) -> None:
@@ -75,12 +76,6 @@ class GridDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
-
-    @torch.no_grad()
-    def set_output_bias(self, mean_image: torch.Tensor, output_for_mean) -> None:
-        """The last layer's bias at ``output_for_mean`` of each channel's mean intensity."""
-        last = self.net[-1]
-        last.bias.copy_(output_for_mean(mean_image.reshape(mean_image.shape[0], -1).mean(1)).reshape(last.bias.shape))
 
 
 class CodePrior(nn.Module):
