@@ -282,7 +282,7 @@ class TrainConfig(_Keys):
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, updated every step
     checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often (0: at epoch ends only)
     # > 0: a budget of training minutes. The lr schedule runs over it instead of over the epochs, and training
-    # ends before an epoch that would overrun it (train.epochs stays the most it trains)
+    # ends when it is spent, inside an epoch if need be (train.epochs stays the most it trains)
     minutes: float = 0.0
     early_stopping: int = 0  # > 0: stop after this many epochs without a better validation total (0: off)
     early_stopping_delta: float = 0.0  # nats: how much lower a validation total must be to count as better

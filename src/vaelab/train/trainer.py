@@ -318,12 +318,9 @@ class Trainer:
         return sum(r.get("seconds", 0.0) for r in self.records() if r["split"] == "train")
 
     def budget_spent(self) -> bool:
-        """Whether another epoch, as long as the last one, would overrun ``train.minutes``."""
+        """Whether the training time so far has used up ``train.minutes``."""
         minutes = self.config.train.minutes
-        if minutes <= 0:
-            return False
-        epochs = [r["seconds"] for r in self.records() if r["split"] == "train" and "seconds" in r]
-        return bool(epochs) and sum(epochs) + epochs[-1] > 60 * minutes
+        return minutes > 0 and self.train_seconds() >= 60 * minutes
 
     def best_validation(self) -> tuple[int, float] | None:
         """(epoch, validation total) of the best epoch so far: the first whose total is lower than every
@@ -366,6 +363,9 @@ class Trainer:
             name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in extra.items()
         }
         count_before, start = count, time.perf_counter()
+        # a time budget: its schedule moves on step by step, and it ends training inside an epoch too
+        budget = 60 * train.minutes if train.minutes > 0 else 0.0
+        spent_before = self.train_seconds() if budget else 0.0
         last_checkpoint = last_line = start
         plain_lines = self._say_progress and progress is not None and progress.disable  # no bar: lines instead
         epoch_data_state = self.data_generator.get_state()  # a mid-epoch resume replays the epoch's order from it
@@ -406,6 +406,12 @@ class Trainer:
                         f"[{last_line - start:.0f} s]",
                         markup=False,
                     )
+            if budget:
+                spent = spent_before + time.perf_counter() - start
+                if spent >= budget:
+                    break
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate(train.lr_schedule, train.lr, spent, budget)
             if self._mid_epoch_checkpoint_due(last_checkpoint) and step < steps - 1:
                 self._save_mid_epoch(step + 1, sums, count, epoch_data_state, extra_sums)
                 last_checkpoint = time.perf_counter()
