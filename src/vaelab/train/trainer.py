@@ -345,8 +345,11 @@ class Trainer:
     def train_epoch(self, progress: Progress | None = None, task=None) -> dict[str, float]:
         self.model.train()
         train = self.config.train
-        if train.minutes > 0:  # the schedule over the time budget: where in it this epoch starts
-            lr = learning_rate(train.lr_schedule, train.lr, self.train_seconds(), 60 * train.minutes)
+        # a time budget: its schedule moves on step by step, and it ends training inside an epoch too
+        budget = 60 * train.minutes if train.minutes > 0 else 0.0
+        spent_before = self.train_seconds() if budget else 0.0
+        if budget:  # the schedule over the time budget: where in it this epoch starts
+            lr = learning_rate(train.lr_schedule, train.lr, spent_before, budget)
         else:  # over the stage's epochs (one stage: train.epochs)
             start, length = self.stage_span(self.stage)
             lr = learning_rate(train.lr_schedule, train.lr, self.epoch - start, length)
@@ -363,9 +366,6 @@ class Trainer:
             name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in extra.items()
         }
         count_before, start = count, time.perf_counter()
-        # a time budget: its schedule moves on step by step, and it ends training inside an epoch too
-        budget = 60 * train.minutes if train.minutes > 0 else 0.0
-        spent_before = self.train_seconds() if budget else 0.0
         last_checkpoint = last_line = start
         plain_lines = self._say_progress and progress is not None and progress.disable  # no bar: lines instead
         epoch_data_state = self.data_generator.get_state()  # a mid-epoch resume replays the epoch's order from it
