@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
+from vaelab import pretrained
 from vaelab.errors import VaelabError
-from vaelab.experiments.reproduce import reproduce
+from vaelab.experiments.reproduce import group_report, reproduce, seed_runs
 
 QUICK = ["data.train_limit=600", "data.validation_size=300", "data.test_limit=300", "train.threads=1"]
 
@@ -103,3 +105,38 @@ def test_burda_reproduction_reports_the_nll_beside_the_paper(tmp_path):
     assert [r["lr"] for r in records if r["split"] == "train"] == pytest.approx([2.2e-3, 2.2e-3 * 10 ** (-4 / 7)])
     report = (tmp_path / "burda-vae" / "report.md").read_text()
     assert "the paper reports 86.76" in report
+
+
+def test_the_report_spreads_training_mean_and_test_total_over_seeds(reproduced):
+    out, results = reproduced
+    first = results[0]
+    records = [json.loads(line) for line in (out / "seed-2d" / "metrics.jsonl").read_text().splitlines()]
+    last_train = [rec for rec in records if rec["split"] == "train"][-1]
+    assert first["train_final"]["total"] == last_train["total"]
+    second = dict(first, seed=1, run_dir="seed-2d-seed1", train_final={**first["train_final"], "total": 200.0})
+    second["test"] = {**first["test"], "total": first["test"]["total"] + 2.0}
+    (out / "seed-2d-seed1").mkdir()
+    (out / "seed-2d-seed1" / "results.json").write_text(json.dumps(second))
+    try:
+        found = seed_runs(out, ("seed-2d",))
+        report = group_report("seed", results, found)
+    finally:
+        (out / "seed-2d-seed1" / "results.json").unlink()
+        (out / "seed-2d-seed1").rmdir()
+    assert [r["seed"] for r in found] == [0, 1] and not any(r["shipped"] for r in found)
+    section = report.split("## Over seeds")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| seed-2d |"))
+    trains, tests = [last_train["total"], 200.0], [first["test"]["total"], first["test"]["total"] + 2.0]
+    assert f"{statistics.mean(trains):.2f} ± {statistics.stdev(trains):.2f}" in row
+    assert f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}" in row
+    assert "| 0, 1 |" in row and "~165" in row
+
+
+def test_the_shipped_model_stands_in_for_the_recipe_seed_not_trained_here(tmp_path):
+    found = seed_runs(tmp_path, ("seed-2d",))
+    assert len(found) == 1 and found[0]["shipped"] and found[0]["seed"] == 0
+    shipped = json.loads((pretrained.path("seed-2d") / "results.json").read_text())
+    assert found[0]["test"]["total"] == shipped["test"]["total"]
+    # its training mean comes from the shipped metrics.jsonl: the last epoch's training record
+    records = [json.loads(line) for line in (pretrained.path("seed-2d") / "metrics.jsonl").read_text().splitlines()]
+    assert found[0]["train_final"]["total"] == [r for r in records if r["split"] == "train"][-1]["total"]

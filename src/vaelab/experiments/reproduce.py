@@ -146,6 +146,7 @@ def _measure_and_report(
     )
     write_run_report(run_dir, config, records, figures)
     train_seconds = sum(r.get("seconds", 0.0) for r in records if r["split"] == "train")
+    last_train = next(r for r in reversed(records) if r["split"] == "train")
     result = {
         "experiment": name,
         "version": experiment.version,
@@ -158,6 +159,8 @@ def _measure_and_report(
         "train_minutes": round(train_seconds / 60, 1),
         "machine": _machine(meta),
         "test": {k: test[k] for k in ("total", "reconstruction", "kl")},
+        # the mean of the last epoch's training losses: what a Keras log (and the study's table) shows
+        "train_final": {k: last_train[k] for k in ("total", "reconstruction", "kl")},
         "published": experiment.published,
         "analysis": {k: v for k, v in analysis.items() if k != "latent_variance"},
         "latent_variance": analysis["latent_variance"],
@@ -344,19 +347,44 @@ def reproduce(
 
 def seed_runs(out: Path, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """The ``results.json`` of every finished seed run of these experiments in ``out`` (``NAME`` and
-    ``NAME-seedS``), at the experiment's current version, in the order of ``names`` and then of seed."""
+    ``NAME-seedS``), at the experiment's current version, in the order of ``names`` and then of seed.
+
+    Where ``out`` has no run of the recipe's own seed, the shipped pretrained model of that name stands in
+    for it (marked ``shipped``): it is that run, so other seeds need not retrain it to be compared."""
     found = []
     for name in names:
         pattern = re.compile(rf"{re.escape(name)}(-seed\d+)?")
+        folders = [f for f in (Path(out).iterdir() if Path(out).is_dir() else ()) if pattern.fullmatch(f.name)]
+        if not any(f.name == name for f in folders):
+            folders += _shipped(name)
         runs = []
-        for folder in Path(out).iterdir() if Path(out).is_dir() else ():
+        for folder in folders:
             results = folder / "results.json"
-            if pattern.fullmatch(folder.name) and results.is_file():
+            if results.is_file():
                 result = json.loads(results.read_text(encoding="utf-8"))
                 if result.get("version") == EXPERIMENTS[name].version:
+                    result.setdefault("seed", EXPERIMENTS[name].make_config().train.seed)
+                    result.setdefault("train_final", _final_training_mean(folder))
+                    result["shipped"] = folder.parent != Path(out)
                     runs.append(result)
         found += sorted(runs, key=lambda r: r.get("seed", 0))
     return found
+
+
+def _shipped(name: str) -> list[Path]:
+    from vaelab import pretrained
+
+    return [pretrained.path(name)] if name in pretrained.available() else []
+
+
+def _final_training_mean(folder: Path) -> dict[str, float] | None:
+    """The last epoch's mean training losses in a run folder's ``metrics.jsonl`` (None if it has none)."""
+    metrics = folder / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [r for r in records if r.get("split") == "train" and "total" in r]
+    return {k: train[-1][k] for k in ("total", "reconstruction", "kl")} if train else None
 
 
 def _verdict(result: dict[str, Any]) -> str:
@@ -444,10 +472,41 @@ METRIC_LABELS = {
 }
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def seed_table(results: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    """Each experiment's last-epoch training mean (what the study's table shows) and test total, mean ± sd
+    over its seed runs."""
+    lines = [
+        "",
+        "## Over seeds",
+        "",
+        "Mean ± sample standard deviation over the seed runs found beside each other (`NAME`, `NAME-seedS`; a "
+        "shipped pretrained model stands in for the recipe's seed where it was not trained here). The training "
+        "mean is the mean of the last epoch's batch losses on the 55,000 training images, the quantity the "
+        "study's table shows (as a Keras running mean, on all 70,000 images); the test total is the -ELBO on "
+        "the 10,000 held-out test images, per image in nats.",
+        "",
+        "| experiment | seeds | training mean, last epoch | study (training) | test total | test KL | test recon |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        mine = [s for s in runs if s["experiment"] == r["experiment"]] or [r]
+        trained = [s["train_final"] for s in mine if s.get("train_final")]
+        seeds = ", ".join(f"{s['seed']}{' (shipped)' if s.get('shipped') else ''}" for s in mine)
+        study = r["published"].get("total")
+        lines.append(
+            f"| {r['experiment']} | {seeds} | "
+            + (_spread([t["total"] for t in trained], 2) if trained else "–")
+            + f" | {f'~{study:.0f}' if study is not None else '–'} | "
+            + " | ".join(_spread([s["test"][k] for s in mine], 2) for k in ("total", "kl", "reconstruction"))
+            + " |"
+        )
+    return lines
 
 
 def disentanglement_group_report(group: str, results: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
@@ -516,7 +575,9 @@ def group_report(group: str, results: list[dict[str, Any]], runs: list[dict[str,
             "**Note: these runs changed the published config (--epochs or --set); the comparison with "
             "the study does not hold for them.**",
         ]
-    lines += ["", comparison_paragraph(results), ""]
+    lines += ["", comparison_paragraph(results)]
+    lines += seed_table(results, runs if runs is not None else results)
+    lines.append("")
     for r in results:
         lines += [f"## {r['experiment']}: {EXPERIMENTS[r['experiment']].title}", ""]
         rel = Path(r["run_dir"]).name
