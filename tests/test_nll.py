@@ -148,3 +148,16 @@ def test_the_study_sampler_is_importance_sampled_from_the_density_its_weights_us
     plain.load_state_dict({k: v for k, v in study.state_dict().items() if "prior_scale_tril" not in k})
     x = torch.rand(5, 1, 28, 28)
     torch.testing.assert_close(iwae_bound(study, x, 50, seed=1), iwae_bound(plain, x, 50, seed=1), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli"])
+def test_a_bernoulli_nll_on_grey_levels_says_it_is_not_a_log_likelihood(likelihood):
+    model = build_vae(ModelConfig(arch="dense", latent_dim=2, likelihood=likelihood), (1, 28, 28)).eval()
+    grey = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    on_grey = estimate_log_likelihood(model, [grey], k=2)
+    on_binary = estimate_log_likelihood(model, [(grey > 0.5).float()], k=2)
+    assert "likelihood_note" not in on_binary
+    if likelihood == "bernoulli":  # normalised over {0, 1}^D only
+        assert on_grey["likelihood_note"].startswith("not a log-likelihood")
+    else:  # a density on [0, 1]^D
+        assert "likelihood_note" not in on_grey

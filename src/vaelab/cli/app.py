@@ -507,7 +507,7 @@ def evaluate(
             result.update(
                 {
                     key: estimate[key]
-                    for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note")
+                    for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note", "likelihood_note")
                     if key in estimate
                 }
             )
@@ -604,6 +604,8 @@ def _print_evaluation(name: str, result: dict, written_to: Path | None) -> None:
             f"NLL ({how}): {result['nll']:.2f} ± {stderr} nats "
             f"per image (± one standard error over {result['images']} images), {result['bits_per_dim']:.4f} bits/dim"
         )
+        if "likelihood_note" in result:
+            console.print(Text(f"warning: {result['likelihood_note']}", style="bold yellow"))
     console.print(f"analysis took {result['analysis_seconds']:.1f} s", markup=False)
     if written_to is not None:
         console.print(

@@ -46,6 +46,11 @@ DEFAULT_MAX_ELEMENTS = 2_000_000
 NOISE_BLOCK = 64
 # Images taken from the caller's batches at a time (progress is reported after each).
 IMAGES_PER_PASS = 100
+GREY_LEVEL_BERNOULLI = (
+    "not a log-likelihood: a Bernoulli likelihood on grey-level images is a cross-entropy (its mass sums to one "
+    "over binary images only), so this NLL and its bits/dim are comparable with no published number; train with "
+    "--likelihood continuous-bernoulli for a normalised density on grey levels"
+)
 
 
 def _rechunk(blocks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -161,12 +166,14 @@ def estimate_log_likelihood(
     device = _model_device(model)
     values: list[torch.Tensor] = []
     pixels = 0
+    grey = False
     was_training = model.training
     model.eval()
     try:
         done = 0
         for x in _rechunk(iterable, IMAGES_PER_PASS):
             x = x.to(device)
+            grey = grey or bool(((x != 0) & (x != 1)).any())
             pixels = x[0].numel()
             y = None if labels is None else labels[done : done + len(x)].to(device)
             if deterministic:
@@ -196,6 +203,8 @@ def estimate_log_likelihood(
         result["nll_note"] = (
             "an upper bound, -log p(x | c(x)) - log p(c(x)): the posterior is one-hot, so IWAE-k equals it for every k"
         )
+    if grey and getattr(getattr(model, "likelihood", None), "binary_images_only", False):
+        result["likelihood_note"] = GREY_LEVEL_BERNOULLI
     if return_per_image:
         result["per_image"] = nll_per_image.tolist()
     return result

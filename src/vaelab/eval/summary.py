@@ -327,6 +327,8 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
         + (f" {result['nll']:.2f} ± {_fixed(result.get('nll_stderr'), 2)} (k = {result['k']}) |" if nll else ""),
         "",
     ]
+    if "likelihood_note" in result:
+        lines += [f"**The NLL is {result['likelihood_note']}.**", ""]
     for line in analysis_lines(result):
         if line.startswith(COLLAPSE_WARNING):
             line = f"**{COLLAPSE_WARNING}**{line[len(COLLAPSE_WARNING) :]}"

@@ -206,7 +206,11 @@ def _measure_and_report(
 
         estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k, progress=report)
         result["test"].update(
-            {key: estimate[key] for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note") if key in estimate}
+            {
+                key: estimate[key]
+                for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note", "likelihood_note")
+                if key in estimate
+            }
         )
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
     if experiment.reference_log:  # a published training log: ours beside it, epoch by epoch
@@ -320,6 +324,8 @@ def nll_section(result: dict[str, Any]) -> str:
         "",
         f"NLL = {t['nll']:.2f} ± {t['nll_stderr']:.2f} nats per image ({t['bits_per_dim']:.4f} bits/dim)",
     ]
+    if "likelihood_note" in t:
+        lines[-1] += f". **It is {t['likelihood_note']}**"
     if published is not None:
         lines[-1] += (
             f"; the paper reports {published:.2f} ({t['nll'] - published:+.2f} nats, "

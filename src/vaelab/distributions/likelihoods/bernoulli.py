@@ -17,6 +17,8 @@ class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod Bernoulli(sigmoid(logits)), evaluated from logits (no sigmoid-then-log)."""
 
     params_per_channel = 1
+    # its mass sums to one over binary images: on grey levels log p(x|z) is a cross-entropy, not a log-density
+    binary_images_only = True
     # a pixel that is never on would want logit -inf; 1e-3 (logit -6.9) is already far in the tail
     MEAN_CLAMP = 1e-3
 
