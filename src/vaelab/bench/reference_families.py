@@ -6,7 +6,11 @@ argument checks, ``torch.optim.Adam``, ``loss.item()`` each step, the data from 
 ``DataLoader`` of ``reference.py``. Each family changes one piece of the baseline (diagonal Gaussian
 posterior, N(0, I) prior, Bernoulli likelihood) and has vaelab's parameter count, so a step costs the
 same FLOPs on both sides. ``loss(x)`` is the per-image negative ELBO in nats (the IWAE: the negative
-importance-weighted bound). Beside them, Burda et al.'s two-layer model, its ladder variant and its IWAE.
+importance-weighted bound). Beside them, Burda et al.'s two-layer model, its ladder variant and its IWAE;
+and the families with networks of their own: the conditional VAE on the study's conv pair (``loss(x, y)``),
+the joint continuous + Gumbel-softmax categorical VAE on the dense pair, and the VQ-VAE's first stage
+(EMA codebook, straight-through, commitment; the per-image loss is what it minimises, the bound plus
+the commitment term).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch.distributions import (
     Normal,
     kl_divergence,
 )
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vaelab.bench.reference import MNISTDataset
 
@@ -34,10 +38,10 @@ PIXELS, HIDDEN, D = 784, [200, 200], 50
 MIN_SCALE = 1e-3  # the learned Gaussians' floor on the scale, the same as vaelab's, so the losses compare
 
 
-def mlp(widths: list[int]) -> list[nn.Module]:
+def mlp(widths: list[int], activation: type[nn.Module] = nn.Tanh) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers += [nn.Linear(a, b), nn.Tanh()] if i < len(widths) - 2 else [nn.Linear(a, b)]
+        layers += [nn.Linear(a, b), activation()] if i < len(widths) - 2 else [nn.Linear(a, b)]
     return layers
 
 
@@ -45,6 +49,7 @@ class PlainVAE(nn.Module):
     """The baseline: q(z|x) = N(mu, diag sigma^2) from mu and log sigma^2, p(z) = N(0, I), Bernoulli p(x|z)."""
 
     binarize = True  # dynamically binarised MNIST (Burda et al.); the continuous likelihoods take grey levels
+    labelled = False  # loss(x, y): the batches carry their labels (the conditional VAE)
 
     def __init__(self, encoder_out: int = 2 * D, decoder_out: int = PIXELS, decoder_in: int = D) -> None:
         super().__init__()
@@ -308,10 +313,200 @@ class TwoLayerIWAE(TwoLayerVAE):
         return -(torch.logsumexp(log_px + log_p - log_q, dim=0) - math.log(self.k))
 
 
-def training_step(model: PlainVAE, images_uint8: torch.Tensor, batch_size: int = 128) -> Callable[[], int]:
+CLASSES, STUDY_D = 10, 2  # the labels (cvae) or categories (gumbel), and the continuous latent dimensions
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | .) per image from the decoder's logits; on grey levels the study's cross-entropy."""
+    return F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(-1)
+
+
+def study_conv_pair(in_channels: int, encoder_out: int, decoder_in: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The study's conv encoder and decoder (Keras' VAE example), as ``reference.conv_vae`` writes them."""
+    encoder = nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(7 * 7 * 64, 16),
+        nn.ReLU(),
+        nn.Linear(16, encoder_out),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(decoder_in, 7 * 7 * 64),
+        nn.ReLU(),
+        nn.Unflatten(1, (64, 7, 7)),
+        nn.ConvTranspose2d(64, 64, 3, 2, 1, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 3, 2, 1, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 1, 3, 1, 1),
+        nn.Flatten(),
+    )
+    return encoder, decoder
+
+
+class ConditionalVAE(nn.Module):
+    """Sohn et al. (2015) on the study's conv pair and grey levels, as cvae-2d: q(z | x, y) reads the one-hot
+    label as 10 constant channels beside the image, p(x | z, y) reads it beside z; 2-D z, p(z) = N(0, I),
+    the Bernoulli cross-entropy, the KL in closed form."""
+
+    binarize, labelled = False, True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = study_conv_pair(1 + CLASSES, 2 * STUDY_D, STUDY_D + CLASSES)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(y, CLASSES).to(x.dtype)
+        channels = one_hot[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        mu, log_var = self.encoder(torch.cat([x, channels], 1)).chunk(2, dim=-1)
+        q = Normal(mu, torch.exp(0.5 * log_var))
+        z = q.rsample()
+        kl = kl_divergence(q, Normal(0.0, 1.0)).sum(-1)
+        return bernoulli_nll(self.decoder(torch.cat([z, one_hot], -1)), x) + kl
+
+
+TEMPERATURE = 0.5  # the bench's fixed Gumbel-softmax temperature: Jang et al.'s floor, where gumbel-2d's annealing ends
+UNIFORM_CLAMP = 1e-6  # keeps -log(-log u) finite
+
+
+class GumbelSoftmaxVAE(nn.Module):
+    """JointVAE's latent (Dupont 2018) on the study's dense pair (784-512-256 ReLU) and grey levels, as
+    gumbel-2d: q(z | x) = N(mu, diag sigma^2) in 2 dimensions and q(c | x) = Cat(softmax(logits)) of 10
+    from one encoder; the decoder reads [z, y], y = softmax((logits + g) / tau) the Concrete relaxation of c
+    (Jang et al. 2017; Maddison et al. 2017), g Gumbel noise, tau fixed; KL(q(z|x) || N(0, I)) and
+    KL(q(c|x) || Uniform(10)) exact."""
+
+    binarize, labelled = False, False
+
+    def __init__(self, temperature: float = TEMPERATURE) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.encoder = nn.Sequential(nn.Flatten(), *mlp([PIXELS, 512, 256, 2 * STUDY_D + CLASSES], nn.ReLU))
+        self.decoder = nn.Sequential(*mlp([STUDY_D + CLASSES, 256, 512, PIXELS], nn.ReLU))
+
+    def noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # z's normal noise, then the Gumbel noise's uniforms made as vaelab makes them, u = Phi(eps) of normal
+        # noise (exactly uniform), so that seeded losses compare
+        eps, eps_c = torch.randn(n, STUDY_D), torch.randn(n, CLASSES)
+        return eps, torch.special.ndtr(eps_c).clamp(UNIFORM_CLAMP, 1 - UNIFORM_CLAMP)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        mu, log_var, logits = self.encoder(x).split([STUDY_D, STUDY_D, CLASSES], dim=-1)
+        eps, u = self.noise(len(x))
+        q_z = Normal(mu, torch.exp(0.5 * log_var))
+        z = q_z.loc + q_z.scale * eps
+        relaxed = F.softmax((logits - torch.log(-torch.log(u))) / self.temperature, dim=-1)
+        kl_z = kl_divergence(q_z, Normal(0.0, 1.0)).sum(-1)
+        kl_c = kl_divergence(Categorical(logits=logits), Categorical(logits=torch.zeros(CLASSES)))
+        return bernoulli_nll(self.decoder(torch.cat([z, relaxed], -1)), x) + kl_z + kl_c
+
+
+CODES, CODE_DIM, GRID = 128, 16, (7, 7)  # vqvae-mnist: K codes of D numbers, a 7 x 7 grid of them per image
+COMMITMENT, DECAY, LAPLACE = 0.25, 0.99, 1e-5  # van den Oord et al.'s beta and gamma; Sonnet's smoothing
+
+
+class Residual(nn.Module):
+    """x + Conv1x1(ReLU(Conv3x3(ReLU(x)))), van den Oord et al.'s residual block."""
+
+    def __init__(self, channels: int = 64, hidden: int = 32) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class VQVAE(nn.Module):
+    """van den Oord, Vinyals & Kavukcuoglu (2017), the first stage of vqvae-mnist, on dynamically binarised
+    MNIST: convs 32-64 4x4 stride 2, a residual block and a 1x1 conv to a 7 x 7 grid z_e of 16-number
+    vectors; each replaced by its nearest of 128 codebook vectors e_k, the decoder's gradient passed straight
+    through (z_q = z_e + sg(e - z_e)); the decoder mirrors the encoder. The codebook learns by moving
+    averages (the paper's appendix): N_k <- gamma N_k + (1 - gamma) n_k, m_k <- gamma m_k + (1 - gamma) sum of
+    the z_e assigned to k, e_k = m_k / N_k (N Laplace-smoothed), and a code chosen less than once per batch
+    on the average is restarted at a random z_e of the batch (Dhariwal et al. 2020). The per-image loss is
+    -log p(x | c) + 49 log 128 (the one-hot q's KL against the uniform prior) + beta ||z_e - sg(e)||^2."""
+
+    binarize, labelled = True, False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            Residual(64),
+            nn.ReLU(),
+            nn.Conv2d(64, CODE_DIM, 1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(CODE_DIM, 64, 3, padding=1),
+            Residual(64),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1),
+            nn.Flatten(),
+        )
+        self.register_buffer("codebook", torch.randn(CODES, CODE_DIM))
+        self.register_buffer("ema_count", torch.ones(CODES))  # N_k
+        self.register_buffer("ema_sum", self.codebook.clone())  # m_k
+
+    @torch.no_grad()
+    def update_codebook(self, z: torch.Tensor, codes: torch.Tensor) -> None:
+        one_hot = F.one_hot(codes, CODES).to(z.dtype)
+        self.ema_count.mul_(DECAY).add_(one_hot.sum(0), alpha=1 - DECAY)
+        self.ema_sum.mul_(DECAY).add_(one_hot.T @ z, alpha=1 - DECAY)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + LAPLACE) / (n + CODES * LAPLACE) * n
+        self.codebook.copy_(self.ema_sum / smoothed[:, None])
+        dead = torch.nonzero(self.ema_count < 1.0).squeeze(1)
+        if len(dead):
+            chosen = z[torch.randint(len(z), (len(dead),))]
+            self.codebook[dead], self.ema_count[dead], self.ema_sum[dead] = chosen, 1.0, chosen
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        z_e = self.encoder(x)  # B x D x 7 x 7
+        z = z_e.detach().permute(0, 2, 3, 1).reshape(-1, CODE_DIM)  # one row per grid position
+        with torch.no_grad():
+            e = self.codebook
+            codes = ((z * z).sum(1, keepdim=True) - 2 * z @ e.T + (e * e).sum(1)).argmin(1)
+            if self.training:
+                self.update_codebook(z, codes)
+        e = self.codebook[codes].view(len(x), *GRID, CODE_DIM).permute(0, 3, 1, 2)
+        z_q = z_e + (e - z_e).detach()
+        commitment = (z_e - e).pow(2).flatten(1).sum(1)
+        prior = math.prod(GRID) * math.log(CODES)
+        return bernoulli_nll(self.decoder(z_q), x) + prior + COMMITMENT * commitment
+
+
+class LabelledImages(Dataset):
+    """MNISTDataset's images in [0, 1] with their labels."""
+
+    def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images_uint8, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].float() / 255.0, self.labels[i]
+
+
+def training_step(
+    model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 128, labels: torch.Tensor | None = None
+) -> Callable[[], int]:
     """One step of the plain loop per call, as ``reference.training_step``: the next batch from the
-    DataLoader (binarised afresh where the family's likelihood is a Bernoulli), Adam, ``loss.item()``."""
-    loader = DataLoader(MNISTDataset(images_uint8), batch_size=batch_size, shuffle=True, drop_last=True)
+    DataLoader (binarised afresh where the family's likelihood is a Bernoulli on binary data; with its
+    labels for a conditional model), Adam, ``loss.item()``."""
+    if model.labelled and labels is None:
+        raise ValueError(f"{type(model).__name__} trains on labelled batches: pass the images' labels")
+    dataset = LabelledImages(images_uint8, labels) if model.labelled else MNISTDataset(images_uint8)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def batches():
@@ -321,10 +516,13 @@ def training_step(model: PlainVAE, images_uint8: torch.Tensor, batch_size: int =
     xs = batches()
 
     def step() -> int:
-        x = next(xs)
+        if model.labelled:
+            x, y = next(xs)
+        else:
+            x, y = next(xs), None
         if model.binarize:
             x = torch.bernoulli(x)
-        loss = model.loss(x).mean()
+        loss = (model.loss(x, y) if model.labelled else model.loss(x)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
