@@ -1,8 +1,11 @@
 """``vaelab bench --families``: the plain PyTorch references compute vaelab's loss (same weights, same
-noise, same images, the row's objective), they train, the hierarchy rows are the burda-*-2l models, and
-a run within a tiny budget gives a row per family."""
+noise, same images, the row's objective), they train, the hierarchy rows are the burda-*-2l models, the
+cvae, gumbel and vqvae rows are their experiments' models with vaelab's gradients (and the VQ-VAE's
+codebook update), and a run within a tiny budget gives a row per family."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -17,14 +20,43 @@ from vaelab.model import IWAE, build_model, build_objective
 from vaelab.model.base import Context
 
 FAMILIES = bench_families.FAMILIES
+OWN_NETWORKS = ["cvae", "gumbel", "vqvae"]  # the rows whose families build networks of their own
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if type(m) is nn.Linear]
 
 
-def _copy_vaelab_weights(model, reference: plain.PlainVAE) -> None:
+def _layers(module: nn.Module) -> list[nn.Module]:
+    """The dense and conv layers (vaelab's channels-last convs are subclasses of torch's), in order."""
+    return [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def _paired_layers(model, reference: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """vaelab's layers beside the plain model's, encoder then decoder (a family with networks of its own)."""
+    pairs = []
+    for ours, theirs in ((model.encoder, reference.encoder), (model.decoder, reference.decoder)):
+        pairs += list(zip(_layers(ours), _layers(theirs), strict=True))
+    return pairs
+
+
+def _trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _copy_vaelab_weights(model, reference: nn.Module) -> None:
     """Give the plain model vaelab's weights: the MLPs layer by layer, then the family's own parameters."""
+    if not isinstance(reference, plain.PlainVAE):
+        with torch.no_grad():
+            for a, b in _paired_layers(model, reference):
+                assert type(b) in type(a).__mro__ and a.weight.shape == b.weight.shape
+                b.weight.copy_(a.weight)
+                b.bias.copy_(a.bias)
+            if isinstance(reference, plain.VQVAE):
+                reference.codebook.copy_(model.quantizer.codebook)
+                reference.ema_count.copy_(model.quantizer.counts)
+                reference.ema_sum.copy_(model.quantizer.sums)
+        return
     networks = [(model.encoder, reference.encoder), (model.decoder, reference.decoder)]
     if isinstance(reference, plain.TwoLayerVAE):
         networks += [(model.up, reference.up), (model.down, reference.down)]
@@ -59,32 +91,108 @@ def _copy_vaelab_weights(model, reference: plain.PlainVAE) -> None:
 
 
 @pytest.fixture(scope="module")
-def images():
-    return load_dataset("mnist").x_train[:256]
+def mnist():
+    return load_dataset("mnist")
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_the_plain_reference_computes_vaelabs_loss(name, images):
-    family = FAMILIES[name]
+@pytest.fixture(scope="module")
+def images(mnist):
+    return mnist.x_train[:256]
+
+
+@pytest.fixture(scope="module")
+def labels(mnist):
+    return mnist.y_train[:256]
+
+
+def _both_models(family):
+    """vaelab's model of the row, set up as the bench sets it up, and the plain one with its weights."""
     torch.manual_seed(0)
     model = build_model(family.config, (1, 28, 28))
+    if family.prepare is not None:
+        family.prepare(model)
     reference = family.make_plain()
-    assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
     _copy_vaelab_weights(model, reference)
-    x = images[:32].float() / 255
+    return model, reference
+
+
+def _batch(family, images, labels, n: int = 32):
+    x = images[:n].float() / 255
     if family.binarize == "dynamic":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.manual_seed(2)  # both draw their one batch of posterior noise first, with torch's global RNG
-        ours = build_objective(family.objective)(model, x, Context()).total
-        torch.manual_seed(2)
-        theirs = reference.loss(x)
-    assert ours.shape == theirs.shape == (32,)
-    torch.testing.assert_close(theirs, ours, rtol=2e-5, atol=1e-3)
+    return x, (labels[:n] if family.labelled else None)
+
+
+def _plain_loss(reference, x, y):
+    return reference.loss(x, y) if reference.labelled else reference.loss(x)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_the_plain_loop_trains(name, images):
+def test_the_plain_reference_computes_vaelabs_loss(name, images, labels):
+    family = FAMILIES[name]
+    model, reference = _both_models(family)
+    # the parameters the row trains (the VQ-VAE's prior, the stage the row leaves out, is frozen in vaelab's)
+    assert _trainable(reference) == _trainable(model) == sum(p.numel() for p in reference.parameters())
+    x, y = _batch(family, images, labels)
+    with torch.no_grad():
+        torch.manual_seed(2)  # both draw their one batch of posterior noise first, with torch's global RNG
+        terms = build_objective(family.objective)(model, x, Context(labels=y))
+        torch.manual_seed(2)
+        theirs = _plain_loss(reference, x, y)
+    ours = terms.total
+    if "commitment" in terms.extra:  # the VQ-VAE minimises its commitment term beside the bound
+        ours = ours + model.commitment * terms.extra["commitment"]
+    assert ours.shape == theirs.shape == (32,)
+    torch.testing.assert_close(theirs, ours, rtol=2e-5, atol=1e-3)
+    torch.testing.assert_close(theirs.mean(), terms.loss, rtol=2e-5, atol=1e-3)  # what each side minimises
+
+
+@pytest.mark.parametrize("name", OWN_NETWORKS)
+def test_the_plain_reference_computes_vaelabs_gradients_and_codebook_update(name, images, labels):
+    family = FAMILIES[name]
+    model, reference = _both_models(family)
+    if name == "gumbel":  # the relaxation at the plain loop's fixed temperature, as the bench runs it
+        assert model.temperature == plain.TEMPERATURE
+    if name == "vqvae":
+        before = model.quantizer.codebook.clone()
+    x, y = _batch(family, images, labels)
+    torch.manual_seed(2)
+    terms = build_objective(family.objective)(model, x, Context(labels=y))
+    terms.loss.backward()
+    torch.manual_seed(2)
+    theirs = _plain_loss(reference, x, y).mean()
+    theirs.backward()
+    torch.testing.assert_close(theirs, terms.loss, rtol=2e-5, atol=1e-3)
+    for a, b in _paired_layers(model, reference):
+        scale = a.weight.grad.abs().max()
+        torch.testing.assert_close(b.weight.grad, a.weight.grad, rtol=1e-3, atol=1e-4 * scale)
+        torch.testing.assert_close(b.bias.grad, a.bias.grad, rtol=1e-3, atol=1e-4 * scale)
+    if name == "vqvae":  # the training step's forward moved the codebook alike on both sides
+        q = model.quantizer
+        torch.testing.assert_close(reference.ema_count, q.counts)
+        torch.testing.assert_close(reference.ema_sum, q.sums)
+        torch.testing.assert_close(reference.codebook, q.codebook)
+        restarted, used = q.counts == 1.0, q.counts > 1.0  # the unused codes fell to 0.99 < 1: restarted
+        assert restarted.any() and used.any() and not torch.equal(q.codebook, before)
+
+
+@pytest.mark.parametrize(
+    ("name", "experiment"), [("cvae", "cvae-2d"), ("gumbel", "gumbel-2d"), ("vqvae", "vqvae-mnist")]
+)
+def test_the_own_network_rows_are_their_experiments_models(name, experiment):
+    family, config = FAMILIES[name], EXPERIMENTS[experiment].make_config()
+    expected = asdict(config.model)
+    if name == "vqvae":  # the row is the first stage only: no prior stage follows it
+        assert family.config.prior_epochs == 0 and expected["prior_epochs"] > 0
+        expected["prior_epochs"] = 0
+    assert asdict(family.config) == expected
+    assert family.batch_size == config.train.batch_size == 128
+    assert family.binarize == config.data.binarize
+    assert family.labelled == (name == "cvae")
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_plain_loop_trains(name, images, labels):
     family = FAMILIES[name]
     torch.manual_seed(0)
     reference = family.make_plain()
@@ -94,14 +202,14 @@ def test_the_plain_loop_trains(name, images):
     optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss = reference.loss(x).mean()
+        loss = _plain_loss(reference, x, labels[:64] if reference.labelled else None).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     # and the step the benchmark times runs and counts its images
-    step = plain.training_step(reference, images[:256], family.batch_size)
+    step = plain.training_step(reference, images[:256], family.batch_size, labels[:256])
     assert step() == family.batch_size
 
 
@@ -156,6 +264,19 @@ def test_a_run_within_a_tiny_budget_gives_a_row_per_family():
     assert results["families"]["hierarchical ladder"]["model"]["inference"] == "ladder"
     assert results["families"]["mog"]["objective"] == {"name": "elbo", "k": 1}
     assert "hierarchical bottom-up iwae-50: iwae, k = 50, batch 50" in table.splitlines()[0]
+    assert "| cvae | conditional | grey levels + labels |" in table
+    assert "| gumbel | discrete | grey levels |" in table and "| vqvae | discrete | binarised |" in table
+    assert "- vqvae: vqvae-mnist's first stage" in table and "prior's stage is left out of the row" in table
+    assert results["families"]["gumbel"]["model"] == {
+        "family": "gumbel",
+        "arch": "dense",
+        "latent_dim": 2,
+        "classes": 10,
+        "posterior": "diagonal",
+        "prior": "standard",
+        "likelihood": "bernoulli",
+    }
+    assert results["families"]["mog"]["description"] == ""
 
 
 def test_what_does_not_fit_the_budget_is_skipped_on_both_sides():

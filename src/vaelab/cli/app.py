@@ -738,14 +738,15 @@ def bench(
         bool,
         typer.Option(
             "--families",
-            help="Instead: every posterior, prior and likelihood family, and the two-layer hierarchical models, "
-            "beside a plain PyTorch loop of the same model.",
+            help="Instead: every posterior, prior and likelihood family, the two-layer hierarchical models, and "
+            "the cvae, gumbel and vqvae (first stage) families, beside a plain PyTorch loop of the same model.",
         ),
     ] = False,
 ) -> None:
     """Measure training/sampling/NLL throughput, as images/s and as a fraction of the matmul peak.
 
-    At most about 3 minutes on any CPU (--families: 4; --quick: 1 minute); progress goes to stderr, one line per measurement.
+    At most about 3 minutes on any CPU, 1 with --quick (--families: 5, and 1.5 with --quick); progress goes to stderr,
+    one line per measurement.
     What the CPU cannot do natively (bf16 without hardware support) or what would not fit in the time is
     skipped, and the table says why."""
     if latency and families:
