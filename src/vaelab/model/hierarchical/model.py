@@ -21,6 +21,21 @@ estimates of the same KL(q(z_1..L | x) || p(z_1..L)). The importance log-weights
 log p(x | z_1) + sum_i [log p(z_i | z_{i+1}) - log q(z_i | .)], so the IWAE bound and the NLL
 estimate are those of the whole hierarchy.
 
+The doubly reparameterised gradient (DReG, Tucker et al. 2019; ``objective.gradient = dreg``) needs
+log w_i = log p(x, z_i) - log q_psi(z_i | x) with the codes on their reparameterised path and q's
+parameters psi stopped. Here psi are the *weights* of every network that makes q, not the Gaussians'
+(mu, sigma): q(z_{i+1} | z_i) is a function of the code below, and that dependence stays
+differentiable (detaching mu(z_i) instead would drop d log q(z_{i+1} | z_i) / d z_i from d log w / d z
+and bias the estimator). So all layers are sampled first, their codes pass through ``dreg_path`` once
+(together), and q is rebuilt at those codes by networks whose weights are held fixed.
+
+The ladder's q also contains the top-down generative MLPs (theta, shared with p). DReG's identity
+E[sum w~_i d log q_psi(z_i) / d psi] = E[sum (w~_i - w~_i^2) d log w_i / d z_i  d z_i / d psi] holds for
+any reparameterised q and every parameter of it, so it is applied to those weights too: they are
+stopped inside log q like the encoder's, and get w~ times their direct gradient through log p plus
+w~^2 times their path gradient through the merged samples (Tucker et al., eq. 6, with p and q
+sharing parameters). The tests check both schemes against that formula written out.
+
 The latent code the figures and probes see (``encode``, ``decode``, ``latent_dim``) is the top
 layer's; ``layer_means`` gives every layer's.
 """
@@ -32,6 +47,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.distributions import Distribution, kl_divergence
+from torch.func import functional_call
 
 from vaelab.distributions.posteriors.diagonal import DiagonalNormal
 from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
@@ -97,15 +113,29 @@ class HierarchicalVAE(LatentVariableModel):
         out = self.run_network(self.decoder, z1.reshape(-1, z1.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
-    def _chain(self, x: torch.Tensor, eps: torch.Tensor | None):
+    def run_stopped(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)`` with the net's weights held fixed: the gradient reaches ``x``, not the weights."""
+        fixed = {name: weight.detach() for name, weight in net.named_parameters()}
+        return self.run_network(lambda v: functional_call(net, fixed, (v,)), x)
+
+    def priors(self, zs: list[torch.Tensor]) -> list[Distribution]:
+        """p(z_i | z_{i+1}) per layer, bottom to top, at the codes ``zs``; p(z_L) last."""
+        return [self.p_below(i, zs[i + 1]) for i in range(len(self.down))] + [self.p_top()]
+
+    def _chain(self, x: torch.Tensor, eps: torch.Tensor | None, dreg_path: Callable | None = None):
         """Per layer (bottom to top) the posterior q_i, the prior p_i and the code z_i.
 
         ``eps`` (... x B x sum(sizes)) gives reparameterised samples; None follows the means (figures).
+        With ``dreg_path`` the sampled codes pass through it, and q is rebuilt at them with its
+        networks' weights held fixed (see the module's docstring).
         """
         noise = [None] * len(self.sizes) if eps is None else list(eps.split(self.sizes, dim=-1))
 
         def draw(q: DiagonalNormal, e: torch.Tensor | None) -> torch.Tensor:
             return q.loc if e is None else q.loc + e * q.scale
+
+        def on_path(zs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return list(dreg_path(torch.cat(zs, dim=-1)).split(self.sizes, dim=-1))
 
         first = gaussian(self.run_network(self.encoder, x))
         if self.inference == "bottom-up":
@@ -113,8 +143,10 @@ class HierarchicalVAE(LatentVariableModel):
             for i, net in enumerate(self.up):
                 qs.append(gaussian(self.run_network(net, zs[-1])))
                 zs.append(draw(qs[-1], noise[i + 1]))
-            ps = [self.p_below(i, zs[i + 1]) for i in range(len(self.down))] + [self.p_top()]
-            return qs, ps, zs
+            if dreg_path is not None:
+                zs = on_path(zs)
+                qs = [first.detached()] + [gaussian(self.run_stopped(net, z)) for net, z in zip(self.up, zs)]
+            return qs, self.priors(zs), zs
         ups = [first]
         for net in self.up:
             ups.append(gaussian(self.run_network(net, ups[-1].loc)))
@@ -125,6 +157,11 @@ class HierarchicalVAE(LatentVariableModel):
             qs.insert(0, q)
             ps.insert(0, p)
             zs.insert(0, draw(q, noise[i]))
+        if dreg_path is not None:  # the ups depend on x alone; the top-down nets are stopped inside q only
+            zs = on_path(zs)
+            ps = self.priors(zs)
+            stopped = [gaussian(self.run_stopped(net, z)) for net, z in zip(self.down, zs[1:])]
+            qs = [precision_weighted(up.detached(), p) for up, p in zip(ups, stopped)] + [ups[-1].detached()]
         return qs, ps, zs
 
     def _closed_form(self, i: int) -> bool:
@@ -157,12 +194,10 @@ class HierarchicalVAE(LatentVariableModel):
     def log_weights(
         self, x: torch.Tensor, k: int, ctx: Context, dreg_path: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> LogWeights:
-        if dreg_path is not None:
-            raise self._unsupported("doubly reparameterised gradient (objective.gradient = dreg; use reparam)")
         eps = ctx.noise((k, len(x), sum(self.sizes)), x)
         if not len(x):
             return LogWeights(x.new_zeros(k, 0), ElboParts(x.new_zeros(0), x.new_zeros(0)))
-        qs, ps, zs = self._chain(x, eps)
+        qs, ps, zs = self._chain(x, eps, dreg_path)
         log_px_z = self.p_x(zs[0]).log_prob(x)
         log_ratios = [p.log_prob(z) - q.log_prob(z) for q, p, z in zip(qs, ps, zs)]
         log_w = log_px_z + sum(log_ratios)
