@@ -6,6 +6,8 @@ A latent-variable model trained by amortised variational inference offers some o
   (what the ELBO objective weighs and reports);
 * ``log_weights(x, k, ctx, dreg_path=None) -> LogWeights``: k importance log-weights
   log p(x, z_i) - log q(z_i | x) per example (what the IWAE objective trains on and the NLL estimates);
+  with ``dreg_path`` (DReG) all the sampled codes pass through it once, and log q is taken at them with
+  q's parameters (the weights that make q) held fixed, its dependence on the codes kept;
 * ``encode`` / ``decode`` / ``sample`` / ``reconstruct`` (figures, probes, Fréchet distance);
 * ``networks()``: the modules that may run in reduced precision (the training's precision policy);
 * ``features(x) -> (mean, scale)``: the posterior's location and per-dimension scale (a feature extractor);
