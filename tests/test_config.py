@@ -299,6 +299,25 @@ def test_a_typo_in_a_python_config_attribute_is_refused_naming_the_close_match()
     config.model.latent_dim = 5  # a real key is set as before
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("latent_dim", "3", r"model\.latent_dim must be of type int, got '3'"),
+        ("latent_dim", 2.0, r"model\.latent_dim must be of type int"),
+        ("hidden", 200, r"model\.hidden must be a list"),
+        ("arch", 3, r"model\.arch must be of type str"),
+    ],
+)
+def test_a_python_config_value_of_the_wrong_type_is_refused_when_set(key, value, message):
+    config = RunConfig()
+    with pytest.raises(VaelabError, match=message):
+        setattr(config.model, key, value)
+    with pytest.raises(VaelabError, match=r"train\.lr must be of type float, got '1e-3'"):
+        config.train.lr = "1e-3"
+    config.train.lr = 1  # an integer where a float is wanted is that float, as in a TOML file
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+
+
 def test_the_refusing_sections_still_copy_replace_and_serialise():
     config = RunConfig()
     config.model.latent_dim = 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import sys
@@ -58,7 +59,16 @@ class _Keys:
             prefix = f"{self.section}." if self.section else ""
             what = f"a key of [{self.section}]" if self.section else "a config section"
             raise VaelabError(f"{prefix}{name} is not {what}; {_did_you_mean(name, known, prefix)}")
+        hint = _key_types(type(self))[name]
+        if self.section and (hint in (bool, int, float, str) or typing.get_origin(hint) is list):
+            # a value of the wrong type (latent_dim = "3") would fail far from here, in a torch call
+            value = _coerce(value, hint, f"{self.section}.{name}")
         object.__setattr__(self, name, value)
+
+
+@functools.cache
+def _key_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _did_you_mean(name: str, known: list[str], prefix: str = "") -> str:
