@@ -80,10 +80,15 @@ def test_eval_disentanglement_gives_the_five_metrics_and_writes_them(monkeypatch
     assert (dsprites_run / "report.md").read_text().count("## Disentanglement") == 1
 
 
-def test_plot_draws_the_traversals_of_a_run_with_factors(monkeypatch, capsys, dsprites_run):
+def test_plot_draws_the_traversals_of_a_run_with_factors(monkeypatch, capsys, dsprites_run, tmp_path):
     result = vaelab(monkeypatch, capsys, "plot", dsprites_run)
     assert result.returncode == 0, result.stderr
     assert "latent_traversals.png" in result.stdout and "factor_latent_mi.png" in result.stdout
+    # in the format asked for, like every other figure
+    result = vaelab(monkeypatch, capsys, "plot", dsprites_run, "--out", tmp_path / "svg", "--format", "svg")
+    assert result.returncode == 0, result.stderr
+    drawn = {p.name for p in (tmp_path / "svg").iterdir()}
+    assert {"latent_traversals.svg", "factor_latent_mi.svg"} <= drawn and not any(n.endswith(".png") for n in drawn)
 
 
 def test_a_resumed_run_keeps_its_disentanglement_record(monkeypatch, capsys, dsprites_run):
@@ -115,6 +120,7 @@ def test_options_that_do_not_go_together_are_refused(monkeypatch, capsys, traine
         (("--disentanglement", "--nll"), "--nll"),
         (("--metric-points", 50), "--disentanglement"),
         (("--disentanglement", "--metric-points", 1), "--metric-points"),
+        (("--format", "svg"), "--format and --dpi go with --disentanglement"),
     ]:
         _one_error_line(vaelab(monkeypatch, capsys, "eval", trained_run, *args), fragment)
     assert DEFAULT_POINTS == D.DEFAULT_POINTS

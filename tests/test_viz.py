@@ -134,6 +134,22 @@ def test_manifold_latents_fix_extra_dimensions_at_zero():
         manifold_latents(small_vae(1), n=3)
 
 
+def test_a_manifold_grids_the_dimensions_asked_for_and_names_them():
+    model = small_vae(5)
+    z = manifold_latents(model, n=3, span=1.0, dims=(3, 1))
+    values = torch.tensor([-1.0, 0.0, 1.0])
+    torch.testing.assert_close(z[:, 3], values.repeat(3))  # columns
+    torch.testing.assert_close(z[:, 1], values.flip(0).repeat_interleave(3))  # rows, top to bottom
+    assert torch.all(z[:, [0, 2, 4]] == 0)
+    fig = latent_manifold(model, n=3, dims=(3, 1))
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("z[3]", "z[1]")
+    assert "two most active of 5 dimensions" in fig.axes[0].get_title()
+    plt.close(fig)
+    for bad in [(1, 1), (0, 5)]:
+        with pytest.raises(VaelabError, match="two different dimensions"):
+            manifold_latents(model, n=3, dims=bad)
+
+
 def test_latent_manifold_decodes_the_mapped_points():
     model = small_vae(2, prior="correlated")
     fig = latent_manifold(model, n=4, span=3.0)
@@ -423,3 +439,11 @@ def test_a_one_epoch_loss_plot_shows_the_validation_point_beside_the_test_star()
     assert test.get_markerfacecolor() == "none"
     assert list(fig.axes[0].get_xticks()) == [1]
     plt.close(fig)
+
+
+def test_a_report_links_a_pdf_figure_and_shows_the_others():
+    from vaelab.io import markdown_figure
+
+    assert markdown_figure("samples", "figures/samples.png") == "![samples](figures/samples.png)"
+    assert markdown_figure("samples", "figures/samples.svg") == "![samples](figures/samples.svg)"
+    assert markdown_figure("samples", "figures/samples.pdf") == "[samples (PDF)](figures/samples.pdf)"

@@ -109,3 +109,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def markdown_figure(name: str, path: str) -> str:
+    """A report's Markdown for one figure file: an image where viewers draw one (PNG, SVG), else a link (PDF)."""
+    return f"![{name}]({path})" if not path.lower().endswith(".pdf") else f"[{name} (PDF)]({path})"

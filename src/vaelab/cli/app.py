@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import sys
 import time
 from contextlib import nullcontext
 from enum import Enum
@@ -50,8 +52,14 @@ def _main(
         raise typer.Exit()
 
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+def _width(stream) -> int | None:
+    """A terminal's own width; into a file or a pipe 160 columns (rich's 80 cut the tables' numbers short)."""
+    return None if stream.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH
+
+
+PIPED_WIDTH = 160
+console = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -304,8 +312,10 @@ def plot(
     figure_kind: FormatOpt = FigureKind.png,
     dpi: DpiOpt = 110,
 ) -> None:
-    """(Re)draw a run's figures: manifold, latent scatter, loss curves, reconstructions, samples...; on a data set
-    with factors (dsprites) also the latent traversals and the factor x latent mutual information."""
+    """(Re)draw a run's figures: loss curves, reconstructions, samples, interpolation; the latent manifold and
+    scatter (2-D), 3-D scatter, projections and cross-sections (3-D), latent traversals and the means' principal
+    components (more than 3-D); on a data set with factors (dsprites) the traversals name each row's factor, and
+    the factor x latent mutual information is drawn too."""
     from vaelab.data import to_unit_float
     from vaelab.model import load_model
     from vaelab.runs import RunDir
@@ -318,6 +328,7 @@ def plot(
     test = batches["test"]
     into_run = out is None and pretrained is None
     out = out or (Path("figures") / pretrained if pretrained else folder / "figures")
+    err_console.print(f"drawing the figures of {pretrained or folder} into {out}", markup=False)
     with RunDir(folder).writing() if into_run else nullcontext():
         paths = write_run_figures(
             model,
@@ -335,7 +346,9 @@ def plot(
 
             information = normalised_information(model, dataset, seed=config.train.seed)
             names = dataset.ground_truth.names
-            paths += write_disentanglement_figures(model, out, test.images[:10], information, names, False)
+            paths += write_disentanglement_figures(
+                model, out, test.images[:10], information, names, False, _figure_format(figure_kind, dpi)
+            )
     for path in paths:
         console.print(str(path))
 
@@ -438,6 +451,8 @@ def evaluate(
             "evaluate); 10000 is disentanglement_lib's setting.",
         ),
     ] = DEFAULT_POINTS,
+    figure_kind: FormatOpt = FigureKind.png,
+    dpi: DpiOpt = 110,
 ) -> None:
     """Test-set bound (-ELBO, reconstruction, KL, KL per dimension), active units, posterior collapse, kNN and
     logistic-regression probes, silhouette, Fréchet distance of prior samples; with --nll the IWAE-k NLL.
@@ -463,9 +478,12 @@ def evaluate(
     if disentanglement:
         if nll or limit:
             raise VaelabError("--disentanglement is an evaluation of its own: give --nll or --limit in another call")
-        return _evaluate_disentanglement(run_dir, pretrained, as_json, seed, metric_points, no_write)
+        figure_format = _figure_format(figure_kind, dpi)
+        return _evaluate_disentanglement(run_dir, pretrained, as_json, seed, metric_points, no_write, figure_format)
     if metric_points != DEFAULT_POINTS:
         raise VaelabError("--metric-points goes with --disentanglement")
+    if figure_kind != FigureKind.png or dpi != 110:
+        raise VaelabError("--format and --dpi go with --disentanglement (its figures); eval draws no others")
     folder = _model_dir(run_dir, pretrained)
     run = RunDir(folder)
     written = pretrained is None and not no_write and not limit
@@ -525,7 +543,13 @@ def evaluate(
 
 
 def _evaluate_disentanglement(
-    run_dir: Path | None, pretrained: str | None, as_json: bool, seed: int | None, points: int, no_write: bool
+    run_dir: Path | None,
+    pretrained: str | None,
+    as_json: bool,
+    seed: int | None,
+    points: int,
+    no_write: bool,
+    figure_format=None,
 ) -> None:
     from vaelab.eval.disentanglement import Sizes
     from vaelab.eval.factor_eval import (
@@ -561,7 +585,7 @@ def _evaluate_disentanglement(
         figures = []
         if written:
             figures = write_disentanglement_figures(
-                model, run.figures, dataset.x_test[:10], normalised(result), result["factors"]
+                model, run.figures, dataset.x_test[:10], normalised(result), result["factors"], True, figure_format
             )
             run.append(disentanglement_record(result, int(meta.get("epochs_trained", 0))))
             write_disentanglement_section(run.report, result)
@@ -688,6 +712,8 @@ def reproduce(
             scores = r["disentanglement"]
             table.add_row(r["experiment"], str(r["seed"]), *(f"{scores[key]:.3f}" for key in METRIC_LABELS))
         console.print(table)
+    runs = ", ".join(str(out / r["run_dir"]) for r in results)
+    console.print(f"runs: {runs} (each with figures/, report.md and results.json)", markup=False)
     if name in GROUPS:
         console.print(f"report: {out / 'report.md'}")
 

@@ -31,7 +31,7 @@ from vaelab.eval.bound import evaluation_seed
 from vaelab.eval.disentanglement import DEFAULT_POINTS, METRICS, Sizes
 from vaelab.eval.summary import frechet_applicable
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
-from vaelab.io import atomic_write_json, atomic_write_text
+from vaelab.io import atomic_write_json, atomic_write_text, markdown_figure
 from vaelab.model import load_model
 from vaelab.model.store import read_model_json
 from vaelab.runs import CHECKPOINT, RunDir
@@ -85,7 +85,8 @@ def _trained_run(experiment: Experiment, run: RunDir, config: RunConfig, console
             Trainer.resume(run.path, console=console, figures=False).fit()
             return
     # a run killed before its first checkpoint has nothing to resume: starting afresh loses nothing
-    console.print(f"{experiment.name}: training into {run} ({config.train.epochs} epochs)")
+    epochs = config.train.epochs
+    console.print(f"{experiment.name}: training into {run} ({epochs} epoch{'s' if epochs != 1 else ''})")
     Trainer(config, run.path, console=console, figures=False).fit()
 
 
@@ -217,7 +218,9 @@ def _measure_and_report(
         result["training_log"] = training_log_beside(experiment.reference_log, records)
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + training_log_section(result))
     if dataset.ground_truth is not None and model.can("encode") and not model.takes_labels:
-        scores, paths = _disentanglement(experiment, run, model, dataset, config, meta, test_split, console)
+        scores, paths = _disentanglement(
+            experiment, run, model, dataset, config, meta, test_split, console, figure_format
+        )
         result["disentanglement"] = scores
         # latent_traversals.png is redrawn with each row named after its factor, as `vaelab plot` draws it
         result["figures"] += [f for f in (str(p.relative_to(run_dir)) for p in paths) if f not in result["figures"]]
@@ -226,7 +229,15 @@ def _measure_and_report(
 
 
 def _disentanglement(
-    experiment: Experiment, run: RunDir, model, dataset, config: RunConfig, meta: dict, test_split, console: Console
+    experiment: Experiment,
+    run: RunDir,
+    model,
+    dataset,
+    config: RunConfig,
+    meta: dict,
+    test_split,
+    console: Console,
+    figure_format: Any = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """The five metrics of the run's posterior means, as ``vaelab eval --disentanglement`` computes and records
     them (record, report section, figures); an earlier record of the same epoch, seed and sizes is reused."""
@@ -255,7 +266,7 @@ def _disentanglement(
         run.append(disentanglement_record(result, epoch))
     write_disentanglement_section(run.report, result)
     paths = write_disentanglement_figures(
-        model, run.figures, test_split.images[:10], normalised(result), result["factors"], False
+        model, run.figures, test_split.images[:10], normalised(result), result["factors"], False, figure_format
     )
     scores = {key: result[key] for key in METRICS}
     scores.update(
@@ -543,7 +554,7 @@ def disentanglement_group_report(group: str, results: list[dict[str, Any]], runs
     lines.append("")
     for r in results:
         lines += [f"## {r['experiment']}: {EXPERIMENTS[r['experiment']].title}", ""]
-        lines += [f"![{Path(f).stem}]({r['run_dir']}/{f})" for f in r["figures"]]
+        lines += [markdown_figure(Path(f).stem, f"{r['run_dir']}/{f}") for f in r["figures"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -587,6 +598,6 @@ def group_report(group: str, results: list[dict[str, Any]], runs: list[dict[str,
     for r in results:
         lines += [f"## {r['experiment']}: {EXPERIMENTS[r['experiment']].title}", ""]
         rel = Path(r["run_dir"]).name
-        lines += [f"![{Path(f).stem}]({rel}/{f})" for f in r["figures"]]
+        lines += [markdown_figure(Path(f).stem, f"{rel}/{f}") for f in r["figures"]]
         lines.append("")
     return "\n".join(lines)

@@ -55,7 +55,7 @@ from vaelab.config import MODEL_KEYS, RunConfig, objective_keys
 from vaelab.data import Batches, ImageDataset, load_dataset, to_unit_float
 from vaelab.errors import VaelabError
 from vaelab.eval.bound import evaluate_elbo, evaluation_seed
-from vaelab.io import REASONS, atomic_write, atomic_write_text, cannot_write, os_errno
+from vaelab.io import REASONS, atomic_write, atomic_write_text, cannot_write, markdown_figure, os_errno
 from vaelab.model import Shard, build_model, build_objective, save_model
 from vaelab.runs import RunDir
 from vaelab.runs.rundir import CONFIG
@@ -853,5 +853,5 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
             f"| {test['total']:.2f} | {test['reconstruction']:.2f} | {test['kl']:.2f} |",
         ]
     if figures:
-        lines += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
+        lines += ["", "## Figures", ""] + [markdown_figure(p.stem, f"figures/{p.name}") for p in figures]
     atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")

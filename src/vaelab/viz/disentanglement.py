@@ -21,7 +21,15 @@ from matplotlib.figure import Figure
 
 from vaelab.errors import VaelabError
 from vaelab.model import LatentVariableModel
-from vaelab.viz.figures import _as_float_images, _subplots, decode_latents, encode_means, reconstructions, save_figure
+from vaelab.viz.figures import (
+    FigureFormat,
+    _as_float_images,
+    _subplots,
+    decode_latents,
+    encode_means,
+    reconstructions,
+    save_figure,
+)
 from vaelab.viz.grid import image_grid
 
 NO_FACTOR = 0.05  # below this share of any factor's entropy a dimension is shown as holding none
@@ -115,19 +123,25 @@ def write_disentanglement_figures(
     information: np.ndarray,
     factor_names: Sequence[str],
     with_reconstructions: bool = True,
+    figure_format: FigureFormat | None = None,
 ) -> list[Path]:
-    """latent_traversals.png (from the first of ``images``), factor_latent_mi.png and reconstructions.png
-    (of ``images``; left out with ``with_reconstructions=False``, where the run's figures have it already)."""
+    """latent_traversals, factor_latent_mi and reconstructions (of ``images``; left out with
+    ``with_reconstructions=False``, where the run's figures have it already), as ``figure_format``'s files
+    (default PNG at 110 dpi); the traversals start from the first of ``images``."""
+    fmt = figure_format or FigureFormat()
     figures_dir = Path(figures_dir)
     if len(images) == 0:
         raise VaelabError("the disentanglement figures need at least one image")
-    traversals = latent_traversals(model, images[0], information, factor_names)
+
+    def save(fig, name: str) -> Path:
+        return save_figure(fig, figures_dir / fmt.file_name(name), dpi=fmt.dpi)
+
     paths = [
-        save_figure(traversals, figures_dir / "latent_traversals.png"),
-        save_figure(mutual_information_map(information, factor_names), figures_dir / "factor_latent_mi.png"),
+        save(latent_traversals(model, images[0], information, factor_names), "latent_traversals.png"),
+        save(mutual_information_map(information, factor_names), "factor_latent_mi.png"),
     ]
     if with_reconstructions:
-        paths.append(save_figure(reconstructions(model, images, n=10), figures_dir / "reconstructions.png"))
+        paths.append(save(reconstructions(model, images, n=10), "reconstructions.png"))
     return paths
 
 

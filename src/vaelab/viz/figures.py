@@ -169,15 +169,19 @@ def _to_prior_geometry(model: VAE, u: torch.Tensor) -> torch.Tensor:
     return loc + u @ L.T
 
 
-def manifold_latents(model: VAE, n: int = 20, span: float = 3.0) -> torch.Tensor:
+def manifold_latents(model: VAE, n: int = 20, span: float = 3.0, dims: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """The n*n x d latents :func:`latent_manifold` decodes, in display order (row-major).
 
-    Row r, column c is u = (values[c], values[n-1-r], 0, ..., 0) with values = linspace(-span,
-    span, n); the latent is u itself for the standard prior and L u for a correlated prior.
+    Row r, column c has u[dims[0]] = values[c], u[dims[1]] = values[n-1-r] and the other dimensions 0,
+    with values = linspace(-span, span, n); the latent is u itself for the standard prior and L u for a
+    correlated prior.
     """
-    if model.latent_dim < 2:
-        raise VaelabError(f"a 2-D latent manifold needs latent_dim >= 2, the model has {model.latent_dim}")
-    return _to_prior_geometry(model, _u_grid(n, span, model.latent_dim))
+    d = model.latent_dim
+    if d < 2:
+        raise VaelabError(f"a 2-D latent manifold needs latent_dim >= 2, the model has {d}")
+    if len(set(dims)) != 2 or not all(0 <= a < d for a in dims):
+        raise VaelabError(f"a manifold's axes must be two different dimensions of 0..{d - 1}, got {tuple(dims)}")
+    return _to_prior_geometry(model, _u_grid(n, span, d, dims=dims))
 
 
 def cross_section_latents(
@@ -322,41 +326,41 @@ def _legend(fig: Figure, ax, handles, texts) -> None:
     )
 
 
-def _other_dims_note(latent_dim: int, first_free: int, symbol: str) -> str:
-    if latent_dim <= first_free:
+def _other_dims_note(latent_dim: int, dims: tuple[int, int], symbol: str) -> str:
+    if latent_dim <= 2:
         return ""
-    if latent_dim == first_free + 1:
-        return f"{symbol}{first_free} = 0"
-    return f"{symbol}{first_free}..{symbol}{latent_dim - 1} = 0"
+    if dims != (0, 1):
+        return f"\n(the two most active of {latent_dim} dimensions; the other {latent_dim - 2} fixed at 0)"
+    if latent_dim == 3:
+        return f"\n(other dimensions fixed: {symbol}2 = 0)"
+    return f"\n(other dimensions fixed: {symbol}2..{symbol}{latent_dim - 1} = 0)"
 
 
 # --------------------------------------------------------------------------------------- figures
 
 
-def latent_manifold(model: VAE, n: int = 20, span: float = 3.0) -> Figure:
-    """The study's n x n grid of decoded digits over [-span, span]² (the prior's geometry if correlated)."""
-    z = manifold_latents(model, n, span)
+def latent_manifold(model: VAE, n: int = 20, span: float = 3.0, dims: tuple[int, int] = (0, 1)) -> Figure:
+    """The study's n x n grid of decoded digits over [-span, span]² of dimensions ``dims`` (the prior's
+    geometry if correlated), the other dimensions at 0."""
+    z = manifold_latents(model, n, span, dims)
     images = decode_latents(model, z)
-    d = model.latent_dim
+    d, (a, b) = model.latent_dim, dims
     if not _is_correlated(model):
         fig, ax = _subplots(figsize=(8, 8.4))
-        _show_latent_grid(ax, images, n, span, ("z[0]", "z[1]"))
-        note = _other_dims_note(d, 2, "z")
+        _show_latent_grid(ax, images, n, span, (f"z[{a}]", f"z[{b}]"))
+        note = _other_dims_note(d, dims, "z")
         title = f"Decoded latent manifold, z ∈ [{-span:g}, {span:g}]²"
-        ax.set_title(title + (f"\n(other dimensions fixed: {note})" if note else ""))
+        ax.set_title(title + note)
         fig.tight_layout()
         return fig
 
     L = model.prior.correlated_frame()[1].detach().float().cpu().numpy()
     fig, (ax, side) = _subplots(1, 2, figsize=(11.5, 8), gridspec_kw={"width_ratios": [3, 1.35]})
-    _show_latent_grid(ax, images, n, span, ("u[0]", "u[1]"))
-    note = _other_dims_note(d, 2, "u")
-    ax.set_title(
-        f"Decoded manifold in the prior's geometry: z = L u, u ∈ [{-span:g}, {span:g}]²"
-        + (f"\n(other dimensions fixed: {note})" if note else "")
-    )
+    _show_latent_grid(ax, images, n, span, (f"u[{a}]", f"u[{b}]"))
+    note = _other_dims_note(d, dims, "u")
+    ax.set_title(f"Decoded manifold in the prior's geometry: z = L u, u ∈ [{-span:g}, {span:g}]²" + note)
     # the decoded z points: a tilted lattice in z space
-    zn = z[:, :2].numpy()
+    zn = z[:, [a, b]].numpy()
     side.scatter(zn[:, 0], zn[:, 1], s=3, color="C0", alpha=0.6, label="decoded z")
     corners = {"top-left": 0, "top-right": n - 1, "bottom-left": n * (n - 1), "bottom-right": n * n - 1}
     for name, idx in corners.items():
@@ -699,7 +703,7 @@ def write_run_figures(
     Always: reconstructions, samples, interpolation (two test images of different classes), and
     loss_curves when there are records. For latent_dim 2: latent_manifold and latent_scatter; for 3:
     latent_scatter_3d, latent_projections and manifold_cross_sections (swept over the most active
-    dimensions); above 3: latent_manifold (remaining dimensions at 0), latent_traversals and, with
+    dimensions); above 3: latent_manifold (over the two most active dimensions, the others at 0), latent_traversals and, with
     labels, latent_pca. A model that conditions on labels gets those of
     :func:`vaelab.viz.conditional.conditional_figures` instead; a model whose code is quantised to a
     codebook (``can("code_usage")``) gets code_usage instead of the latent figures. Files are ``figure_format``'s kind
@@ -747,9 +751,11 @@ def write_run_figures(
             put(name, fig)
 
     d = model.latent_dim
-    if d == 2 or d > 3:
-        put("latent_manifold.png", latent_manifold(model))
     means = encode_means(model, x) if d >= 3 or labels is not None else None
+    if d == 2:
+        put("latent_manifold.png", latent_manifold(model))
+    if d > 3:  # over the two dimensions whose means vary most: a grid over collapsed ones shows one digit
+        put("latent_manifold.png", latent_manifold(model, dims=sweep_axes(means.var(0).tolist())[:2]))
     if d in (2, 3) and labels is not None:
         if d == 2:
             put("latent_scatter.png", latent_scatter(means, labels, names, **_prior_drawing(model)))
