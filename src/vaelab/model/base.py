@@ -37,6 +37,10 @@ A latent-variable model trained by amortised variational inference offers some o
   ``eval --nll`` uses it where a family has no importance weights.
 * ``code_usage(x)``: how often each codebook vector is chosen over the images (a quantised code):
   the code-usage figure and the test set's codebook perplexity.
+* ``kl_part_bounds() -> {name: nats}``: a family whose KL is a sum of named parts (gumbel: ``continuous``
+  and ``categorical``) names them, each with the most nats it can hold (``inf``: unbounded; a K-way
+  categorical against a uniform prior: log K), and reports them per example in ``ElboParts.kl_parts``
+  (per-part capacities: ``objective.capacity_parts``).
 
 A family may add terms of its own to what is minimised: ``ElboParts.penalty`` (per example, not part of
 the bound) is added to the loss by the objectives built on ``elbo`` / ``code_densities`` (elbo, capacity,
@@ -130,6 +134,8 @@ class ElboParts:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further named per-example terms (per layer...)
     # per example: the family's own training terms beyond the bound (factorvae's), added to whatever is minimised
     penalty: torch.Tensor | None = None
+    # per example: the KL split into the named parts of kl_part_bounds(), which sum to kl (None: not split)
+    kl_parts: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -325,6 +331,9 @@ class LatentVariableModel(nn.Module):
 
     def code_usage(self, x: torch.Tensor) -> torch.Tensor:
         raise self._unsupported("codebook (code usage)")
+
+    def kl_part_bounds(self) -> dict[str, float]:
+        raise self._unsupported("KL split into named parts (objective.capacity_parts)")
 
     def stages(self) -> tuple[Stage, ...]:
         """The stages training goes through, in order; the default trains the whole model in one."""

@@ -14,6 +14,8 @@ test numbers are the true ELBO.
 
 ``condition(c)`` fixes the category (figures: one row per category; ``vaelab sample --label c``),
 ``discrete_code(x)`` is argmax_c q(c | x) (the clustering accuracy against the labels).
+Its KL comes in two named parts, ``continuous`` (z's) and ``categorical`` (c's, at most log K nats):
+``kl_part_bounds()`` and ``ElboParts.kl_parts``, what per-part capacities (JointVAE's loss) pull on.
 """
 
 from __future__ import annotations
@@ -104,7 +106,11 @@ class GumbelSoftmaxVAE(DiscreteInput, SlotModel):
             log_px = self.p_x(z.expand(self.classes, -1, -1), every).log_prob(x)  # K x B
             reconstruction = -(log_q_c.exp().T * log_px).sum(0)
         extra = {"kl_continuous": kl_z, "kl_categorical": kl_c}
-        return ElboParts(reconstruction, kl_z + kl_c, None, extra)
+        return ElboParts(reconstruction, kl_z + kl_c, None, extra, kl_parts={"continuous": kl_z, "categorical": kl_c})
+
+    def kl_part_bounds(self) -> dict[str, float]:
+        """z's KL is unbounded; c's against the uniform prior is at most log K (q(c | x) one-hot)."""
+        return {"continuous": math.inf, "categorical": math.log(self.classes)}
 
     @torch.no_grad()
     def discrete_code(self, x: torch.Tensor) -> torch.Tensor:
