@@ -269,3 +269,88 @@ def test_dreg_is_unbiased(x):
     se = {g: v.std(0) / math.sqrt(reps) for g, v in per_row.items()}
     assert ((mean["dreg"] - mean["reparam"]).abs() < 4 * torch.sqrt(se["dreg"] ** 2 + se["reparam"] ** 2)).all()
     assert (se["dreg"] > 0).all() and not torch.allclose(per_row["dreg"], per_row["reparam"])
+
+
+# --- the capacity objective's per-part settings ------------------------------------------------
+
+PARTS = ["objective.name='capacity'", "objective.capacity_parts=['continuous', 'categorical']"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["objective.capacity_parts=['continuous']"],
+            "objective.capacity_parts applies to objective.name = capacity; it means nothing for elbo",
+        ),
+        (
+            ["objective.name='btcvae'", "objective.capacity_part_max=[5.0]"],
+            "objective.capacity_part_max applies to objective.name = capacity",
+        ),
+        (
+            [*PARTS[:1], "objective.capacity_parts=['continuous', 'continuous']"],
+            "objective.capacity_parts names continuous twice; give each KL part once",
+        ),
+        (
+            [*PARTS, "objective.capacity_part_max=[5.0]"],
+            "objective.capacity_part_max gives 1 values for the 2 parts of objective.capacity_parts: one per part, "
+            "or none (objective.capacity_max for every part)",
+        ),
+        (
+            [*PARTS[:1], "objective.capacity_part_steps=[100, 100]"],
+            "objective.capacity_part_steps gives 2 values for the 0 parts",
+        ),
+        ([*PARTS, "objective.capacity_part_gamma=[30.0, -1.0]"], "objective.capacity_part_gamma must be >= 0"),
+        ([*PARTS, "objective.capacity_part_steps=[100, -5]"], "objective.capacity_part_steps must be >= 0"),
+        ([*PARTS, "objective.capacity_part_max=[5.0, 'a']"], "objective.capacity_part_max must be of type float"),
+        ([*PARTS, "objective.capacity_part_max=[5.0, nan]"], "objective.capacity_part_max must be a finite number"),
+        (["objective.name='capacity'", "objective.capacity_parts='continuous'"], "must be a list"),
+    ],
+)
+def test_bad_per_part_capacities_are_refused_in_one_line(overrides, message):
+    from vaelab.config import RunConfig, apply_overrides
+    from vaelab.errors import VaelabError
+
+    with pytest.raises(VaelabError) as refused:
+        apply_overrides(RunConfig(), overrides)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_per_part_capacities_round_trip_through_toml(tmp_path):
+    from vaelab.config import RunConfig, apply_overrides
+
+    config = apply_overrides(
+        RunConfig(),
+        [
+            *PARTS,
+            "objective.gamma=30",
+            "objective.capacity_part_max=[5.0, 2.3]",
+            "objective.capacity_part_gamma=[30, 10]",
+            "objective.capacity_part_steps=[25000, 12000]",
+        ],
+    )
+    config.save(tmp_path / "config.toml")
+    text = (tmp_path / "config.toml").read_text()
+    assert 'capacity_parts = [\n    "continuous",\n    "categorical",\n]' in text  # a [objective] key like any other
+    loaded = RunConfig.load(tmp_path / "config.toml")
+    assert loaded == config and loaded.objective.capacity_part_gamma == [30.0, 10.0]
+    assert isinstance(loaded.objective.capacity_part_gamma[1], float)  # an integer in TOML is read as the float it is
+    # a config written before these keys existed reads as one capacity on the whole KL
+    (tmp_path / "old.toml").write_text('[objective]\nname = "capacity"\ngamma = 1000.0\n')
+    assert RunConfig.load(tmp_path / "old.toml").objective.capacity_parts == []
+
+
+@torch.no_grad()
+def test_one_capacity_on_the_whole_kl_is_unchanged(x):
+    """Without capacity_parts the loss is, bit for bit, Burgess et al.'s: recon + gamma |mean KL - C|."""
+    from vaelab.model import CapacityELBO
+
+    model = _model()
+    objective = make_objective("capacity", gamma=100.0, capacity_max=20.0, capacity_steps=40)
+    assert isinstance(objective, CapacityELBO) and objective.parts == {}
+    torch.manual_seed(7)
+    terms = objective(model, x, Context(step=10))
+    torch.manual_seed(7)
+    parts = model.elbo(x, Context())
+    expected = parts.reconstruction.mean() + 100.0 * 1.0 * (parts.kl.mean() - 5.0).abs() + 0.0
+    assert torch.equal(terms.loss, expected)

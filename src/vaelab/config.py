@@ -227,6 +227,14 @@ class ObjectiveConfig(_Keys):
     gamma: float = 1.0  # btcvae: weight of the dimension-wise KL (Chen et al.); capacity: of |KL - C| (Burgess et al.)
     capacity_max: float = 25.0  # capacity: C's final value, nats (Burgess et al. on dSprites: 25)
     capacity_steps: int = 100_000  # capacity: optimiser steps over which C grows linearly from 0 (0: C_max at once)
+    # capacity: a capacity of its own for each named part of the KL (the model's: gumbel's continuous and categorical,
+    # Dupont's JointVAE); [] = one capacity on the whole KL
+    capacity_parts: list[str] = field(default_factory=list)
+    # capacity, per part of capacity_parts: C's final value, the weight of |KL_part - C|, the steps C grows over;
+    # [] = capacity_max, gamma, capacity_steps for every part
+    capacity_part_max: list[float] = field(default_factory=list)
+    capacity_part_gamma: list[float] = field(default_factory=list)
+    capacity_part_steps: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         _check_plain_values(self, "objective")
@@ -258,6 +266,31 @@ class ObjectiveConfig(_Keys):
             raise VaelabError(
                 "objective.beta means nothing for objective.name = capacity: its weight on |KL - C| is objective.gamma"
             )
+        self._validate_capacity_parts()
+
+    def _validate_capacity_parts(self) -> None:
+        """Distinct part names, and none or one value per part in each per-part list; whether the model has
+        these parts is checked against the model (``CapacityELBO.check_model``)."""
+        for name in self.capacity_parts:
+            if self.capacity_parts.count(name) > 1:
+                raise VaelabError(f"objective.capacity_parts names {name} twice; give each KL part once")
+        for key in ("capacity_part_max", "capacity_part_gamma", "capacity_part_steps"):
+            values = getattr(self, key)
+            if values and len(values) != len(self.capacity_parts):
+                raise VaelabError(
+                    f"objective.{key} gives {len(values)} values for the {len(self.capacity_parts)} parts of "
+                    f"objective.capacity_parts: one per part, or none (objective.{PART_DEFAULTS[key]} for every part)"
+                )
+            if any(v < 0 for v in values):
+                raise VaelabError(f"objective.{key} must be >= 0 for every part, got {values}")
+
+
+# each per-part capacity list and the single-capacity key that stands for it when the list is empty
+PART_DEFAULTS = {
+    "capacity_part_max": "capacity_max",
+    "capacity_part_gamma": "gamma",
+    "capacity_part_steps": "capacity_steps",
+}
 
 
 # the objectives that read each of these keys; any other objective refuses a value set away from the default
@@ -267,6 +300,10 @@ OBJECTIVE_KEYS = {
     "gamma": ("btcvae", "capacity"),
     "capacity_max": ("capacity",),
     "capacity_steps": ("capacity",),
+    "capacity_parts": ("capacity",),
+    "capacity_part_max": ("capacity",),
+    "capacity_part_gamma": ("capacity",),
+    "capacity_part_steps": ("capacity",),
 }
 
 

@@ -8,11 +8,14 @@
   the encoder: same bound, same expected gradient, less noise as k grows.
 
 * :class:`CapacityELBO` -- reconstruction + gamma |KL - C|, the capacity C growing linearly from 0 to
-  C_max over a number of optimiser steps (Burgess et al. 2018, "Understanding disentangling in beta-VAE").
+  C_max over a number of optimiser steps (Burgess et al. 2018, "Understanding disentangling in beta-VAE");
+  or, for a model whose KL comes in named parts, one such term per part (Dupont 2018, JointVAE).
 * :class:`BetaTCVAE` -- the KL term split into index-code mutual information, total correlation and
   dimension-wise KL, each weighed on its own (Chen et al. 2018), estimated by minibatch weighted sampling.
 
 Reported ``total`` is always the negative bound itself (beta = 1), whatever is optimised.
+
+An objective may also refuse a model before any training (``check_model``: the trainer asks it once).
 
 All are generic over the model protocol (``vaelab.model.base``): the ELBO and the capacity objective
 ask the model for its parts, the IWAE for its importance log-weights, the beta-TCVAE for its codes'
@@ -24,6 +27,7 @@ through the step's :class:`~vaelab.model.base.Context`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -49,7 +53,17 @@ def _whole_batch(ctx: Context, name: str, why: str) -> None:
         raise VaelabError(f"objective.name = {name} {why}: data-parallel training is not supported")
 
 
-class ELBO:
+class Objective:
+    """Maps (model, x, ctx) to :class:`Terms`; refuses a model it cannot train in ``check_model``."""
+
+    def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
+        raise NotImplementedError
+
+    def check_model(self, model) -> None:
+        """Raise a one-line VaelabError if ``model`` cannot be trained on this objective (default: any can)."""
+
+
+class ELBO(Objective):
     def __init__(self, beta: float = 1.0, free_bits: float = 0.0) -> None:
         self.beta = beta
         self.free_bits = free_bits
@@ -77,7 +91,21 @@ class ELBO:
         return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, parts.extra)
 
 
-class CapacityELBO:
+@dataclass(frozen=True)
+class PartCapacity:
+    """One part's term of the per-part capacity loss: gamma |E_x[KL_part] - C|, C growing linearly from 0 to
+    ``maximum`` nats over ``steps`` optimiser steps, and never above ``bound`` (the most the part can hold)."""
+
+    gamma: float
+    maximum: float
+    steps: int
+
+    def capacity(self, step: int, bound: float = math.inf) -> float:
+        done = 1.0 if self.steps == 0 else min(1.0, step / self.steps)
+        return min(self.maximum * done, bound)
+
+
+class CapacityELBO(Objective):
     """Burgess et al. (2018): E_x[reconstruction] + gamma |E_x[KL(q(z|x) || p(z))] - C|.
 
     The batch's mean KL is pulled towards a capacity C = capacity_max * min(1, step / capacity_steps)
@@ -85,29 +113,78 @@ class CapacityELBO:
     carry C nats of information about x, no more, and gains them one factor at a time as C grows.
     The absolute value is of the batch mean, as in their code and disentanglement_lib's. A KL warm-up
     (``objective.kl_warmup_epochs``) scales the penalty as it scales the ELBO's KL.
+
+    With ``parts`` (``objective.capacity_parts``), for a model whose KL is a sum of named parts
+    (``kl_part_bounds``; gumbel: continuous z and categorical c), every part has its own term instead:
+
+        E_x[reconstruction] + sum_p gamma_p |E_x[KL_p] - C_p|,  C_p = min(C_max,p * min(1, step / steps_p), bound_p),
+
+    Dupont's (2018) JointVAE loss; bound_p is the most the part can hold (log K for a K-way categorical,
+    which their code caps the discrete capacity at). Every part of the model must be given.
     """
 
-    def __init__(self, gamma: float = 1.0, capacity_max: float = 25.0, capacity_steps: int = 100_000) -> None:
+    def __init__(
+        self,
+        gamma: float = 1.0,
+        capacity_max: float = 25.0,
+        capacity_steps: int = 100_000,
+        parts: dict[str, PartCapacity] | None = None,
+    ) -> None:
         self.gamma = gamma
         self.capacity_max = capacity_max
         self.capacity_steps = capacity_steps
+        self.parts = dict(parts or {})
 
     def capacity(self, step: int) -> float:
         """C after ``step`` optimiser steps, nats."""
         done = 1.0 if self.capacity_steps == 0 else min(1.0, step / self.capacity_steps)
         return self.capacity_max * done
 
+    def part_capacities(self, model, step: int) -> dict[str, float]:
+        """Each part's C after ``step`` optimiser steps, capped at what the part can hold, nats."""
+        bounds = model.kl_part_bounds()
+        return {name: part.capacity(step, bounds[name]) for name, part in self.parts.items()}
+
+    def check_model(self, model) -> None:
+        if not self.parts:
+            return
+        if not model.can("kl_part_bounds"):
+            raise VaelabError(
+                f"objective.capacity_parts needs a model whose KL comes in named parts; the {model.family} model "
+                "family's does not (leave objective.capacity_parts empty: one capacity on the whole KL)"
+            )
+        have = list(model.kl_part_bounds())
+        unknown = [name for name in self.parts if name not in have]
+        missing = [name for name in have if name not in self.parts]
+        if unknown or missing:
+            raise VaelabError(
+                f"objective.capacity_parts must name each of the {model.family} model's KL parts once "
+                f"({', '.join(have)})"
+                + (f"; it has no {', '.join(unknown)}" if unknown else "")
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+            )
+
     def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
         ctx = ctx or Context()
         _whole_batch(ctx, "capacity", "pulls the whole batch's mean KL towards C")
         parts = model.elbo(x, ctx)
-        distance = (parts.kl.mean() - self.capacity(ctx.step)).abs()
-        loss = parts.reconstruction.mean() + self.gamma * ctx.kl_weight * distance + _penalty(parts)
+        if self.parts:
+            self.check_model(model)
+            if parts.kl_parts is None:
+                raise VaelabError(f"the {model.family} model named its KL parts but did not report them")
+            capacities = self.part_capacities(model, ctx.step)
+            distance = sum(
+                self.parts[name].gamma * (parts.kl_parts[name].mean() - capacities[name]).abs() for name in self.parts
+            )
+            loss = parts.reconstruction.mean() + ctx.kl_weight * distance + _penalty(parts)
+        else:
+            distance = (parts.kl.mean() - self.capacity(ctx.step)).abs()
+            loss = parts.reconstruction.mean() + self.gamma * ctx.kl_weight * distance + _penalty(parts)
         kl = parts.kl
         return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, parts.extra)
 
 
-class BetaTCVAE:
+class BetaTCVAE(Objective):
     """Chen et al. (2018): the ELBO's KL term, averaged over the data, is
 
         E_x KL(q(z|x) || p(z)) = I_q(x; z) + TC(z) + sum_k KL(q(z_k) || p(z_k)),
@@ -181,7 +258,7 @@ class _ImportanceWeightedPath(torch.autograd.Function):
         return grad_z * weights.unsqueeze(-1)
 
 
-class IWAE:
+class IWAE(Objective):
     """The importance-weighted bound. ``gradient`` picks the encoder's gradient estimator:
 
     * ``"reparam"``: the plain gradient of the bound, sum_i w~_i d/dphi log w_i (Burda et al.);
@@ -230,10 +307,19 @@ def _iwae(config) -> IWAE:
 
 
 @OBJECTIVES.register(
-    "capacity", "Burgess et al.'s capacity-annealed beta-VAE: gamma |KL - C|, C from 0 to capacity_max nats"
+    "capacity",
+    "Burgess et al.'s capacity-annealed beta-VAE: gamma |KL - C|, C from 0 to capacity_max nats; per KL part "
+    "(capacity_parts, JointVAE) for a model that splits its KL",
 )
 def _capacity(config) -> CapacityELBO:
-    return CapacityELBO(config.gamma, config.capacity_max, config.capacity_steps)
+    n = len(config.capacity_parts)
+    gamma = config.capacity_part_gamma or [config.gamma] * n
+    maximum = config.capacity_part_max or [config.capacity_max] * n
+    steps = config.capacity_part_steps or [config.capacity_steps] * n
+    parts = {
+        name: PartCapacity(g, c, s) for name, g, c, s in zip(config.capacity_parts, gamma, maximum, steps, strict=True)
+    }
+    return CapacityELBO(config.gamma, config.capacity_max, config.capacity_steps, parts)
 
 
 @OBJECTIVES.register(

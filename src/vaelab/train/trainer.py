@@ -169,6 +169,7 @@ class Trainer:
         self.model.to(self.device)
         self.world.broadcast_parameters(self.model)
         self.objective = build_objective(config.objective)
+        self.objective.check_model(self.model)  # a model the objective cannot train is refused before any work
         self.stages = self.model.stages()
         staged_refusals = {"train.minutes": train.minutes > 0, "train.early_stopping": train.early_stopping > 0}
         staged_refusals["train.keep_best"] = train.keep_best
@@ -810,6 +811,13 @@ def _add_image(writer, tag: str, grid: np.ndarray, step: int) -> None:
     writer.add_image(tag, grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
 
 
+def _objective_setting(key: str, value: Any) -> str:
+    """``, key value`` for the report's objective line; a list as [a, b], an empty one (not in use) left out."""
+    if isinstance(value, list):
+        return f", {key} [{', '.join(v if isinstance(v, str) else f'{v:g}' for v in value)}]" if value else ""
+    return f", {key} {value:g}"
+
+
 def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, Any]], figures: list[Path]) -> None:
     """A short Markdown summary of one run: what was trained, the test numbers, the figures."""
     test = next((r for r in reversed(records) if r["split"] == "test" and "kind" not in r), None)
@@ -821,7 +829,9 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
         f"- data: {config.data.name} (binarisation: {config.data.binarize}, validation: last {config.data.validation_size} training images)",
         _model_line(m),
         f"- objective: {config.objective.name} (beta {config.objective.beta}, k {config.objective.k}"
-        + "".join(f", {key} {getattr(config.objective, key):g}" for key in objective_keys(config.objective.name))
+        + "".join(
+            _objective_setting(key, getattr(config.objective, key)) for key in objective_keys(config.objective.name)
+        )
         + (f", {config.objective.gradient} gradient)" if config.objective.name == "iwae" else ")"),
         f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr} (schedule {t.lr_schedule}, eps {t.adam_eps:g}), "
         f"seed {t.seed}, precision {t.precision}"
