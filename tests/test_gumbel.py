@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 from vaelab.config import ModelConfig
 from vaelab.errors import VaelabError
 from vaelab.eval.clustering import best_match_accuracy
-from vaelab.model import Context, build_model, load_model, make_objective
+from vaelab.model import Context, build_model, build_objective, load_model, make_objective
 from vaelab.model.gumbel import gumbel_from_normal
 from vaelab.model.gumbel.model import ANNEAL_RATE, TAU_MIN
 from vaelab.model.objectives import PartCapacity
@@ -240,3 +240,22 @@ def test_a_tiny_jointvae_run_trains_reports_its_parts_and_round_trips_its_config
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     test = records[-1]
     assert test["split"] == "test" and test["kl"] == pytest.approx(test["kl_continuous"] + test["kl_categorical"])
+
+
+def test_the_jointvae_experiment_is_their_loss_on_our_budget():
+    from vaelab.experiments import get_experiment
+
+    config, _ = get_experiment("gumbel-jointvae").config()
+    assert (config.model.family, config.model.arch, config.model.latent_dim, config.model.classes) == (
+        "gumbel",
+        "dense",
+        10,
+        10,
+    )
+    o = config.objective
+    assert (o.name, o.capacity_parts, o.gamma, o.capacity_max) == ("capacity", ["continuous", "categorical"], 30.0, 5.0)
+    assert (config.train.batch_size, config.train.lr) == (64, 5e-4)
+    model = build_model(config.model, SHAPE)
+    objective = build_objective(o)
+    objective.check_model(model)
+    assert objective.part_capacities(model, o.capacity_steps) == {"continuous": 5.0, "categorical": math.log(10)}
