@@ -332,3 +332,18 @@ def test_the_refusing_sections_still_copy_replace_and_serialise():
 def test_an_unknown_key_from_toml_or_set_names_the_close_match_too():
     with pytest.raises(VaelabError, match=r"did you mean model\.latent_dim\?"):
         apply_overrides(RunConfig(), ["model.latent_dims=3"])
+
+
+def test_the_readme_config_reference_is_the_defaults_key_for_key():
+    import pathlib
+    import tomllib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    documented = tomllib.loads(block)
+    defaults = RunConfig().to_dict()
+    for section, keys in documented.items():  # every documented key exists, at its default value
+        for key, value in keys.items():
+            assert defaults[section][key] == value, f"{section}.{key}"
+    missing = {f"{s}.{k}" for s, keys in defaults.items() for k in keys if k not in documented.get(s, {})}
+    assert not missing, f"keys the README's config reference leaves out: {sorted(missing)}"
