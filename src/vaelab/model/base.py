@@ -9,10 +9,14 @@ A latent-variable model trained by amortised variational inference offers some o
   with ``dreg_path`` (DReG) all the sampled codes pass through it once, and log q is taken at them with
   q's parameters (the weights that make q) held fixed, its dependence on the codes kept;
 * ``encode`` / ``decode`` / ``sample`` / ``reconstruct`` (figures, probes, Fréchet distance);
+* ``q_z(x) -> Distribution``: the posterior over the code ``encode`` gives (its mean) and ``decode``
+  takes, from images alone (a hierarchy: its top layer's, the layers below at their means; cvae's
+  also takes the labels); what the explorer's scatter and encoding show;
 * ``networks()``: the modules that may run in reduced precision (the training's precision policy);
-* ``features(x) -> (mean, scale)``: the posterior's location and per-dimension scale (a feature extractor);
-* ``export_part(part) -> ExportPart``: a plain torch module of the ``encoder`` (images -> mean, scale)
-  or the ``decoder`` (codes -> mean images), for ``vaelab export``.
+* ``features(x) -> (mean, scale)``: the posterior's location and per-dimension scale (a feature extractor;
+  a hierarchy gives every layer's, bottom to top, the top layer's last);
+* ``export_part(part) -> ExportPart``: a plain torch module of the ``encoder`` (images -> mean, scale of
+  ``q_z``) or the ``decoder`` (codes -> mean images, as ``decode``), for ``vaelab export``.
 * ``condition(labels) -> LatentVariableModel``: a family that decodes under one of ``classes`` discrete
   values, with them fixed (one for all examples or one per example): the data's labels for a
   conditional family (``takes_labels``: cvae), or its own discrete latent's categories (gumbel); its
@@ -68,6 +72,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
 from vaelab.errors import VaelabError
 
@@ -304,6 +309,9 @@ class LatentVariableModel(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise self._unsupported("decoder from a latent code (manifold)")
+
+    def q_z(self, x: torch.Tensor) -> Distribution:
+        raise self._unsupported("posterior over its code from an image alone (latent scatter, vaelab serve)")
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise self._unsupported("prior to sample from")

@@ -36,12 +36,14 @@ stopped inside log q like the encoder's, and get w~ times their direct gradient 
 w~^2 times their path gradient through the merged samples (Tucker et al., eq. 6, with p and q
 sharing parameters). The tests check both schemes against that formula written out.
 
-The latent code the figures and probes see (``encode``, ``decode``, ``latent_dim``) is the top
-layer's; ``layer_means`` gives every layer's.
+The latent code the figures and probes see (``encode``, ``decode``, ``q_z``, ``latent_dim``) is the
+top layer's, the layers below at their means; ``layer_means`` gives every layer's, ``features`` every
+layer's mean and scale. ``export_part`` exports the same two maps (see its docstring).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -50,7 +52,9 @@ from torch.distributions import Distribution, kl_divergence
 from torch.func import functional_call
 
 from vaelab.distributions.posteriors.diagonal import DiagonalNormal
-from vaelab.model.base import Context, ElboParts, LatentVariableModel, LogWeights
+from vaelab.errors import VaelabError
+from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LatentVariableModel, LogWeights
+from vaelab.nets.accel import PLAIN, accelerate
 
 INFERENCE = ("bottom-up", "ladder")
 
@@ -105,7 +109,8 @@ class HierarchicalVAE(LatentVariableModel):
 
     def p_below(self, i: int, z_above: torch.Tensor) -> DiagonalNormal:
         """p(z_{i+1} | z_{i+2}) (0-based layer ``i``), z_above with any leading dimensions."""
-        return gaussian(self.run_network(self.down[i], z_above))
+        out = self.run_network(self.down[i], z_above.reshape(-1, z_above.shape[-1]))  # B x d, as exported
+        return gaussian(out.reshape(*z_above.shape[:-1], out.shape[-1]))
 
     def p_x(self, z1: torch.Tensor) -> Distribution:
         """p(x | z_1); ``z1`` may carry leading sample dimensions (S x B x d), which are kept."""
@@ -211,6 +216,11 @@ class HierarchicalVAE(LatentVariableModel):
         """E_q[z_i | x] per layer, bottom to top, each layer's mean computed from the means around it."""
         return self._chain(x, None)[2]
 
+    def q_z(self, x: torch.Tensor) -> DiagonalNormal:
+        """The top layer's posterior, every layer below at its mean: q(z_L | x) itself under ladder
+        inference; bottom-up, q(z_L | z_(L-1)) at z_(L-1)'s mean (q(z_L | x) is a mixture, not a Gaussian)."""
+        return self._chain(x, None)[0][-1]
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The top layer's posterior mean (what the latent scatter and the manifold show)."""
@@ -218,7 +228,8 @@ class HierarchicalVAE(LatentVariableModel):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every layer's posterior mean and standard deviation, concatenated bottom to top."""
+        """Every layer's posterior mean and standard deviation, concatenated bottom to top (the top
+        layer's, ``q_z``'s, last)."""
         qs = self._chain(x, None)[0]
         return torch.cat([q.loc for q in qs], -1), torch.cat([q.scale for q in qs], -1)
 
@@ -251,7 +262,62 @@ class HierarchicalVAE(LatentVariableModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct_through(x, 1)
 
+    def export_part(self, part: str) -> ExportPart:
+        """The two maps of the top-layer code, as plain torch modules (the same under both inferences):
+
+        * ``encoder``: images ``x`` -> ``mean``, ``scale`` of the top layer's posterior with every layer
+          below at its mean (what ``q_z`` gives: ``encode``'s mean, the last ``latent_dim`` columns of
+          ``features``), and ``encoder_output``, the bottom network's [mu, log sigma^2] of layer 1;
+        * ``decoder``: top codes ``z`` -> ``mean`` images through the layers' conditional means (what
+          ``decode`` gives), and ``top_down_output``, the top MLP's [mu, log sigma^2] of
+          p(z_(L-1) | z_L): the only network that takes ``z``, so a quality check that swaps networks
+          for the file (``networks_replaced``) measures that MLP of the decoder file, not the rest.
+        """
+        if part == "encoder":
+            module = _TopEncoder(_plain_copy(self.encoder), copy.deepcopy(self.up))
+            example = torch.rand(2, *self.image_shape)
+            return ExportPart(module.eval(), self.encoder, "x", ("mean", "scale", "encoder_output"), example)
+        if part == "decoder":
+            module = _TopDecoder(copy.deepcopy(self.down), _plain_copy(self.decoder), copy.deepcopy(self.likelihood))
+            example = torch.randn(2, self.latent_dim)
+            return ExportPart(module.eval(), self.down[-1], "z", ("mean", "top_down_output"), example)
+        raise VaelabError(f"unknown part {part!r}; choose one of {', '.join(EXPORT_PARTS)}")
+
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start p(x | z_1) at the mean image (as the VAE family does; see SlotModel.init_output_bias)."""
         self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
+
+
+def _plain_copy(net: nn.Module) -> nn.Module:
+    return accelerate(copy.deepcopy(net), PLAIN).eval()
+
+
+class _TopEncoder(nn.Module):
+    """x -> the top layer's posterior mean and scale through the layers' means, and layer 1's parameters."""
+
+    def __init__(self, encoder: nn.Module, up: nn.ModuleList) -> None:
+        super().__init__()
+        self.encoder, self.up = encoder, up
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.encoder(x)
+        q = gaussian(out)
+        for net in self.up:  # bottom-up: q(z_i+1 | z_i) at z_i's mean; ladder: the up pass, which gives q(z_L | x)
+            q = gaussian(net(q.loc))
+        return q.loc, q.scale, out
+
+
+class _TopDecoder(nn.Module):
+    """z_L -> the mean image through the layers' conditional means, and the top MLP's output."""
+
+    def __init__(self, down: nn.ModuleList, decoder: nn.Module, likelihood: nn.Module) -> None:
+        super().__init__()
+        self.down, self.decoder, self.likelihood = down, decoder, likelihood
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = self.down[-1](z)
+        z = gaussian(top).loc
+        for i in reversed(range(len(self.down) - 1)):
+            z = gaussian(self.down[i](z)).loc
+        return self.likelihood(self.decoder(z)).mean.clamp(0, 1), top
