@@ -58,13 +58,17 @@ def exported(tmp_path_factory):
 def test_every_shipped_model_round_trips_through_onnxruntime(name, exported):
     fresh = pretrained.load(name)  # an independent copy of the model to compare with
     if not fresh.can("export_part"):
-        pytest.skip(f"the {fresh.family} family's networks take a label beside their input; vaelab export refuses it")
+        pytest.skip(f"the {fresh.family} family has no exportable parts; vaelab export refuses it in one line")
     files = {part: exported(name, part).path for part in ("encoder", "decoder")}
     x = torch.rand(5, *fresh.image_shape, generator=torch.Generator().manual_seed(1))
-    mean, scale = fresh.features(x)
+    with torch.no_grad():
+        q = fresh.q_z(x)  # the posterior over the code the decoder takes (a hierarchy: its top layer)
+    mean, scale = fresh.features(x)  # a hierarchy's: every layer's, the top layer's last
+    np.testing.assert_allclose(q.mean.numpy(), mean[:, -fresh.latent_dim :].numpy())
+    np.testing.assert_allclose(q.stddev.numpy(), scale[:, -fresh.latent_dim :].numpy())
     got_mean, got_scale = _session(files["encoder"]).run(["mean", "scale"], {"x": x.numpy()})
-    np.testing.assert_allclose(got_mean, mean.numpy(), atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(got_scale, scale.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got_mean, fresh.encode(x).numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got_scale, q.stddev.numpy(), atol=1e-4, rtol=1e-4)
     z = torch.randn(7, fresh.latent_dim, generator=torch.Generator().manual_seed(2))
     (images,) = _session(files["decoder"]).run(["mean"], {"z": z.numpy()})
     np.testing.assert_allclose(images, fresh.decode(z).numpy(), atol=1e-4)
@@ -211,3 +215,118 @@ def test_example_probe_reads_encode_npz_and_learns_the_labels(monkeypatch, capsy
         labels = np.random.default_rng(0).permutation(archive["label"])
         np.savez(shuffled, mean=archive["mean"], scale=archive["scale"], label=labels)
     assert probe["probe_accuracy"](str(shuffled), str(shuffled), limit=5000) < 0.3
+
+
+# --- the hierarchical family: the top layer's code, under both inferences ---------------------------------
+
+HIERARCHY = (8, 6, 3)  # three layers: the encoder passes two layers' means up, the decoder two down
+
+
+def _hierarchy(inference: str):
+    config = ModelConfig(
+        family="hierarchical",
+        arch="mlp",
+        hidden=[32],
+        activation="tanh",
+        stochastic_layers=list(HIERARCHY),
+        latent_dim=HIERARCHY[-1],
+        layer_hidden=[16],
+        inference=inference,
+    )
+    torch.manual_seed(0)
+    return build_model(config, (1, 28, 28)).eval()
+
+
+@pytest.mark.parametrize("inference", ["bottom-up", "ladder"])
+def test_a_hierarchy_exports_its_top_layers_encoder_and_decoder(inference, tmp_path, mnist):
+    from vaelab.data import to_unit_float
+    from vaelab.export import export_part
+    from vaelab.model import Context
+
+    model = _hierarchy(inference)
+    x = to_unit_float(mnist.x_test[:16])
+    z = torch.randn(16, HIERARCHY[-1], generator=torch.Generator().manual_seed(0))
+    files = {}
+    for part, inputs in (("encoder", x), ("decoder", z)):
+        done = export_part(model, part, tmp_path / f"{part}.onnx", inputs.numpy())
+        assert done.within_tolerance and done.max_abs_diff, done
+        files[part] = done.path
+    mean, scale, first = _session(files["encoder"]).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        q = model.q_z(x)
+        layer_one = model.encoder(x)
+    assert mean.shape == scale.shape == (16, HIERARCHY[-1])
+    np.testing.assert_allclose(mean, model.encode(x).numpy(), atol=1e-5)  # the top layer's mean, as encode gives it
+    np.testing.assert_allclose(scale, q.stddev.numpy(), atol=1e-5)
+    np.testing.assert_allclose(scale, model.features(x)[1][:, -HIERARCHY[-1] :].numpy(), atol=1e-5)
+    np.testing.assert_allclose(first, layer_one.numpy(), atol=1e-5)
+    images, top = _session(files["decoder"]).run(None, {"z": z.numpy()})
+    np.testing.assert_allclose(images, model.decode(z).numpy(), atol=1e-5)  # down through the layers' means
+    np.testing.assert_allclose(top, model.down[-1](z).detach().numpy(), atol=1e-5)
+    # the two files in a row: an image up to the top layer and back down, as the model reconstructs it
+    (through,) = _session(files["decoder"]).run(["mean"], {"z": mean})
+    np.testing.assert_allclose(through, model.reconstruct_through(x, len(HIERARCHY)).numpy(), atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(files["decoder"])).metadata_props}
+    assert meta["latent_dim"] == str(HIERARCHY[-1]) and meta["outputs"] == "mean,top_down_output"
+
+    # the networks the files stand for, computed by onnxruntime: the same bound and importance weights
+    def noise():
+        return Context(generators=[torch.Generator().manual_seed(i) for i in range(len(x))])
+
+    with torch.no_grad():
+        elbo, log_w = model.elbo(x, noise()), model.log_weights(x, 3, noise()).log_w
+        with onnx_networks(model, files):
+            onnx_elbo, onnx_log_w = model.elbo(x, noise()), model.log_weights(x, 3, noise()).log_w
+            np.testing.assert_allclose(model.decode(z).numpy(), images, atol=1e-5)
+    torch.testing.assert_close(
+        onnx_elbo.reconstruction + onnx_elbo.kl, elbo.reconstruction + elbo.kl, atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(onnx_log_w, log_w, atol=1e-3, rtol=0)
+
+
+def test_a_hierarchy_exports_in_int8_and_refuses_an_unknown_part(tmp_path):
+    from vaelab.config import RunConfig
+
+    model, run = _hierarchy("bottom-up"), RunConfig()  # the run's data: the calibration images (MNIST)
+    z = np.random.default_rng(0).standard_normal((4, HIERARCHY[-1])).astype(np.float32)
+    for scheme in ("int8", "int8-weights"):
+        written, skipped = export(model, run, "both", tmp_path / f"h-{scheme}.onnx", scheme)
+        assert [w.part for w in written] == ["encoder", "decoder"] and not skipped
+        assert all(w.quantize == scheme and w.method for w in written)
+        (images,) = _session(written[1].path).run(["mean"], {"z": z})
+        assert images.shape == (4, 1, 28, 28) and np.isfinite(images).all()
+        assert np.abs(images - model.decode(torch.from_numpy(z)).numpy()).max() < 0.2
+    with pytest.raises(VaelabError, match="unknown part 'middle'") as info:
+        model.export_part("middle")
+    assert "\n" not in str(info.value)
+
+
+def test_cli_exports_the_shipped_two_layer_model(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "burda.onnx"
+    result = _main(monkeypatch, capsys, "export", "--pretrained", "burda-vae-2l", "--part", "both", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("within the fp32 tolerance") == 2 and not result.stderr
+    model = pretrained.load("burda-vae-2l")
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    mean, scale, _ = _session(tmp_path / "burda-encoder.onnx").run(None, {"x": x.numpy()})
+    assert mean.shape == (3, 50)
+    np.testing.assert_allclose(mean, model.encode(x).numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(scale, model.q_z(x).stddev.detach().numpy(), atol=1e-4, rtol=1e-4)
+    z = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    (images,) = _session(tmp_path / "burda-decoder.onnx").run(["mean"], {"z": z.numpy()})
+    np.testing.assert_allclose(images, model.decode(z).numpy(), atol=1e-4)
+
+
+def test_encode_a_hierarchy_writes_every_layers_means_and_scales(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "f.npz"
+    result = _main(monkeypatch, capsys, "encode", "--pretrained", "burda-vae-2l", "--split", "test", "--out", out)
+    assert result.returncode == 0, result.stderr
+    from vaelab.data import load_dataset, to_unit_float
+    from vaelab.data.batches import binarize_fixed
+
+    model = pretrained.load("burda-vae-2l")
+    x = to_unit_float(binarize_fixed(load_dataset("mnist").x_test)[:20])  # as its evaluation binarises them
+    with np.load(out) as features:
+        assert features["mean"].shape == features["scale"].shape == (10_000, 150)  # z1 (100) then z2 (50)
+        np.testing.assert_allclose(features["mean"][:20, -50:], model.encode(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(features["scale"][:20, -50:], model.q_z(x).stddev.detach().numpy(), atol=1e-5)

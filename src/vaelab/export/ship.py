@@ -37,15 +37,18 @@ def training_images(config: RunConfig, n: int = CALIBRATION_IMAGES) -> torch.Ten
 
 
 def part_inputs(model: LatentVariableModel, config: RunConfig, part: str, n: int = CALIBRATION_IMAGES) -> np.ndarray:
-    """Inputs of ``part`` as the model meets them: training images, or codes z ~ q(z|x) of them."""
+    """Inputs of ``part`` as the model meets them: training images, or codes z ~ q(z|x) of them, drawn
+    from the encoder part's mean and scale (the code the decoder part takes)."""
     x = training_images(config, n)
     if part == "encoder":
         return x.numpy()
     generator = torch.Generator().manual_seed(0)
     try:
-        mean, scale = model.features(x)
+        encoder = model.export_part("encoder")
     except VaelabError:  # a posterior without a closed-form scale: codes from its own sampler
         return model.q_z(x).rsample().detach().numpy()
+    with torch.no_grad():
+        mean, scale = encoder.module(x)[:2]
     return (mean + scale * torch.randn(mean.shape, generator=generator)).numpy()
 
 
