@@ -357,6 +357,58 @@ def test_model_without_closed_form_posterior_cannot_encode(mnist):
         assert post(c, "/api/models/iaf/decode", {"z": [[0, 0]]})[0] == 200
 
 
+@pytest.mark.parametrize("inference", ["bottom-up", "ladder"])
+def test_a_hierarchy_is_served_by_its_top_layer(inference, mnist):
+    """Scatter, encoding, decoding, grids and samples of the top layer's code, through the protocol's q_z."""
+    from vaelab.data import to_unit_float
+
+    config = ModelConfig(
+        family="hierarchical",
+        arch="mlp",
+        hidden=[16],
+        stochastic_layers=[8, 3],
+        latent_dim=3,
+        layer_hidden=[16],
+        inference=inference,
+    )
+    torch.manual_seed(0)
+    model = build_model(config, (1, 28, 28))
+    served = prepare("h", model, "test", "mnist", scatter_limit=40)
+    assert served.can_encode and not served.scatter.note and served.scatter.means.shape == (40, 3)
+    x = to_unit_float(mnist.x_test[served.scatter.indices[:5]])
+    np.testing.assert_allclose(served.scatter.means[:5], model.encode(x).numpy(), atol=1e-5)
+    with TestClient(create_app({"h": served})) as c:
+        info = c.get("/api/models/h").json()
+        assert info["family"] == "hierarchical" and info["latent_dim"] == 3 and info["can_encode"]
+        prior = c.get("/api/models/h/prior").json()  # p(z_L) = N(0, I) over the top layer
+        assert prior["kind"] == "gaussian" and prior["cov"] == np.eye(3).tolist()
+        status, out = post(c, "/api/models/h/encode", {"image": x[0, 0].tolist()})
+        assert status == 200
+        q = model.q_z(x[:1])
+        np.testing.assert_allclose(out["mean"], model.encode(x[:1])[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(out["scale"], q.stddev[0].detach().numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.diag(out["cov"]), q.stddev[0].detach().numpy() ** 2, atol=1e-6)
+        expected = model.reconstruct_through(x[:1], 2)[0, 0].numpy()  # up to the top layer and back down
+        assert np.abs(decoded(out["reconstruction"]) / 255.0 - expected).max() <= 0.5 / 255 + 1e-6
+        z = [[0.5, -1.0, 0.0]]
+        status, out = post(c, "/api/models/h/decode", {"z": z, "format": "array"})
+        assert status == 200
+        np.testing.assert_allclose(np.asarray(out["images"]), model.decode(torch.tensor(z)).numpy(), atol=1e-4)
+        status, out = post(c, "/api/models/h/decode", {"z": [[0.0] * 8]})  # a bottom-layer code is not a point here
+        assert status == 422 and "latent_dim 3" in out["error"] and "\n" not in out["error"]
+        status, out = post(c, "/api/models/h/sample", {"n": 4, "seed": 3})
+        assert status == 200 and len(out["images"]) == 4 and np.asarray(out["z"]).shape == (4, 3)
+        body = {"origin": [0.0, 0.0, 0.0], "axes": [[1.0, 0, 0], [0, 1.0, 0]], "n": 3}
+        assert post(c, "/api/models/h/grid", body)[0] == 200
+        assert c.get("/api/models/h/cross-section", params={"n": 3}).status_code == 200
+
+
+def test_the_shipped_two_layer_model_is_served_with_its_scatter():
+    served = load_models(pretrained=["burda-vae-2l"], scatter_limit=20)["burda-vae-2l"]
+    assert served.can_encode and not served.scatter.note and served.scatter.means.shape == (20, 50)
+    assert served.info()["test"]["total"] > 80  # its test -ELBO, nats
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 

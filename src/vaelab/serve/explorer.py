@@ -135,7 +135,7 @@ def prepare(
 
 
 def _can_encode(model: LatentVariableModel) -> bool:
-    if not (model.can("q_z") or model.can("features")):
+    if not model.can("q_z"):  # the protocol's posterior over the code decode takes
         return False
     try:
         with torch.inference_mode():
