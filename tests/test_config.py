@@ -336,6 +336,7 @@ def test_an_unknown_key_from_toml_or_set_names_the_close_match_too():
 
 def test_the_readme_config_reference_is_the_defaults_key_for_key():
     import pathlib
+
     import tomllib
 
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
