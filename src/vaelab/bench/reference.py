@@ -39,19 +39,20 @@ class ReferenceVAE(nn.Module):
         return torch.sigmoid(self.decoder(z)), mu, logvar
 
 
-def conv_vae(d: int = 2) -> ReferenceVAE:
+def study_conv_pair(in_channels: int, encoder_out: int, decoder_in: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The study's conv encoder and decoder (Keras' VAE example) from its layer list; the decoder gives logits."""
     encoder = nn.Sequential(
-        nn.Conv2d(1, 32, 3, 2, 1),
+        nn.Conv2d(in_channels, 32, 3, 2, 1),
         nn.ReLU(),
         nn.Conv2d(32, 64, 3, 2, 1),
         nn.ReLU(),
         nn.Flatten(),
         nn.Linear(7 * 7 * 64, 16),
         nn.ReLU(),
-        nn.Linear(16, 2 * d),
+        nn.Linear(16, encoder_out),
     )
     decoder = nn.Sequential(
-        nn.Linear(d, 7 * 7 * 64),
+        nn.Linear(decoder_in, 7 * 7 * 64),
         nn.ReLU(),
         nn.Unflatten(1, (64, 7, 7)),
         nn.ConvTranspose2d(64, 64, 3, 2, 1, 1),
@@ -60,7 +61,11 @@ def conv_vae(d: int = 2) -> ReferenceVAE:
         nn.ReLU(),
         nn.ConvTranspose2d(32, 1, 3, 1, 1),
     )
-    return ReferenceVAE(encoder, decoder)
+    return encoder, decoder
+
+
+def conv_vae(d: int = 2) -> ReferenceVAE:
+    return ReferenceVAE(*study_conv_pair(1, 2 * d, d))
 
 
 def mlp_vae(hidden: list[int], d: int, activation=nn.ReLU) -> ReferenceVAE:

@@ -32,7 +32,7 @@ from torch.distributions import (
 )
 from torch.utils.data import DataLoader, Dataset
 
-from vaelab.bench.reference import MNISTDataset
+from vaelab.bench.reference import MNISTDataset, study_conv_pair
 
 PIXELS, HIDDEN, D = 784, [200, 200], 50
 MIN_SCALE = 1e-3  # the learned Gaussians' floor on the scale, the same as vaelab's, so the losses compare
@@ -321,32 +321,6 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(-1)
 
 
-def study_conv_pair(in_channels: int, encoder_out: int, decoder_in: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """The study's conv encoder and decoder (Keras' VAE example), as ``reference.conv_vae`` writes them."""
-    encoder = nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, 2, 1),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, 2, 1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(7 * 7 * 64, 16),
-        nn.ReLU(),
-        nn.Linear(16, encoder_out),
-    )
-    decoder = nn.Sequential(
-        nn.Linear(decoder_in, 7 * 7 * 64),
-        nn.ReLU(),
-        nn.Unflatten(1, (64, 7, 7)),
-        nn.ConvTranspose2d(64, 64, 3, 2, 1, 1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(64, 32, 3, 2, 1, 1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(32, 1, 3, 1, 1),
-        nn.Flatten(),
-    )
-    return encoder, decoder
-
-
 class ConditionalVAE(nn.Module):
     """Sohn et al. (2015) on the study's conv pair and grey levels, as cvae-2d: q(z | x, y) reads the one-hot
     label as 10 constant channels beside the image, p(x | z, y) reads it beside z; 2-D z, p(z) = N(0, I),
@@ -356,7 +330,8 @@ class ConditionalVAE(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder, self.decoder = study_conv_pair(1 + CLASSES, 2 * STUDY_D, STUDY_D + CLASSES)
+        self.encoder, decoder = study_conv_pair(1 + CLASSES, 2 * STUDY_D, STUDY_D + CLASSES)
+        self.decoder = nn.Sequential(decoder, nn.Flatten())  # logits per image, flat
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         one_hot = F.one_hot(y, CLASSES).to(x.dtype)

@@ -10,6 +10,7 @@ layers, swapping in the subclasses below; parameter names (the safetensors keys)
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -279,3 +280,8 @@ def speed_choices() -> SpeedChoices:
         except OSError:
             pass  # an unwritable cache only means measuring again next time
     return _chosen
+
+
+def plain_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode without this CPU's speed choices: plain torch ops, for export."""
+    return accelerate(copy.deepcopy(net), PLAIN).eval()

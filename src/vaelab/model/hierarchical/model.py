@@ -54,7 +54,7 @@ from torch.func import functional_call
 from vaelab.distributions.posteriors.diagonal import DiagonalNormal
 from vaelab.errors import VaelabError
 from vaelab.model.base import EXPORT_PARTS, Context, ElboParts, ExportPart, LatentVariableModel, LogWeights
-from vaelab.nets.accel import PLAIN, accelerate
+from vaelab.nets.accel import plain_copy
 
 INFERENCE = ("bottom-up", "ladder")
 
@@ -274,11 +274,11 @@ class HierarchicalVAE(LatentVariableModel):
           for the file (``networks_replaced``) measures that MLP of the decoder file, not the rest.
         """
         if part == "encoder":
-            module = _TopEncoder(_plain_copy(self.encoder), copy.deepcopy(self.up))
+            module = _TopEncoder(plain_copy(self.encoder), copy.deepcopy(self.up))
             example = torch.rand(2, *self.image_shape)
             return ExportPart(module.eval(), self.encoder, "x", ("mean", "scale", "encoder_output"), example)
         if part == "decoder":
-            module = _TopDecoder(copy.deepcopy(self.down), _plain_copy(self.decoder), copy.deepcopy(self.likelihood))
+            module = _TopDecoder(copy.deepcopy(self.down), plain_copy(self.decoder), copy.deepcopy(self.likelihood))
             example = torch.randn(2, self.latent_dim)
             return ExportPart(module.eval(), self.down[-1], "z", ("mean", "top_down_output"), example)
         raise VaelabError(f"unknown part {part!r}; choose one of {', '.join(EXPORT_PARTS)}")
@@ -287,10 +287,6 @@ class HierarchicalVAE(LatentVariableModel):
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start p(x | z_1) at the mean image (as the VAE family does; see SlotModel.init_output_bias)."""
         self.decoder.set_output_bias(mean_image, self.likelihood.output_for_mean)
-
-
-def _plain_copy(net: nn.Module) -> nn.Module:
-    return accelerate(copy.deepcopy(net), PLAIN).eval()
 
 
 class _TopEncoder(nn.Module):

@@ -20,7 +20,7 @@ from torch.distributions import Distribution
 from vaelab.errors import VaelabError
 from vaelab.model.base import EXPORT_PARTS, CodeDensities, Context, ElboParts, ExportPart, LogWeights
 from vaelab.model.slots import SlotModel
-from vaelab.nets.accel import PLAIN, accelerate
+from vaelab.nets.accel import plain_copy
 
 
 class VAE(SlotModel):
@@ -93,10 +93,10 @@ class VAE(SlotModel):
             example = torch.rand(2, *self.image_shape)
             with torch.no_grad():
                 _mean_and_scale(self.q_z(example))  # refuse a posterior without a scale before any work
-            module = _EncoderPart(_plain_copy(self.encoder), copy.deepcopy(self.posterior))
+            module = _EncoderPart(plain_copy(self.encoder), copy.deepcopy(self.posterior))
             return ExportPart(module.eval(), self.encoder, "x", ("mean", "scale", "encoder_output"), example)
         if part == "decoder":
-            module = _DecoderPart(_plain_copy(self.decoder), copy.deepcopy(self.likelihood))
+            module = _DecoderPart(plain_copy(self.decoder), copy.deepcopy(self.likelihood))
             return ExportPart(
                 module.eval(), self.decoder, "z", ("mean", "decoder_output"), torch.randn(2, self.latent_dim)
             )
@@ -111,10 +111,6 @@ def _mean_and_scale(q: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
             f"the {getattr(q, 'family', '') or type(q).__name__} posterior has no closed-form mean and scale "
             "(its q(z|x) is not a Gaussian), so it has no features and no exportable encoder; the decoder exports"
         ) from None
-
-
-def _plain_copy(net: nn.Module) -> nn.Module:
-    return accelerate(copy.deepcopy(net), PLAIN).eval()
 
 
 class _EncoderPart(nn.Module):
