@@ -331,6 +331,9 @@ class TrainConfig(_Keys):
     # > 0: a budget of training minutes. The lr schedule runs over it instead of over the epochs, and training
     # ends when it is spent, inside an epoch if need be (train.epochs stays the most it trains)
     minutes: float = 0.0
+    # > 0: save the weights (their moving average where train.ema_decay > 0) every this many minutes of training
+    # time, the clock train.minutes counts, as snapshots/minutes-M.safetensors (vaelab eval --snapshots: NLL curve)
+    snapshot_minutes: float = 0.0
     early_stopping: int = 0  # > 0: stop after this many epochs without a better validation total (0: off)
     early_stopping_delta: float = 0.0  # nats: how much lower a validation total must be to count as better
     keep_best: bool = False  # evaluate, save and draw the weights of the epoch with the best validation total
@@ -356,6 +359,8 @@ class TrainConfig(_Keys):
             )
         if not 0 <= self.minutes < math.inf:
             raise VaelabError(f"train.minutes must be >= 0 (0: no time budget), got {self.minutes}")
+        if not 0 <= self.snapshot_minutes < math.inf:
+            raise VaelabError(f"train.snapshot_minutes must be >= 0 (0: no snapshots), got {self.snapshot_minutes}")
         _at_least("train.early_stopping", self.early_stopping, 0)
         if not 0 <= self.early_stopping_delta < math.inf:
             raise VaelabError(f"train.early_stopping_delta must be >= 0 nats, got {self.early_stopping_delta}")

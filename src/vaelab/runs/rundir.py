@@ -2,7 +2,8 @@
 
 Layout (DESIGN.md): ``config.toml`` (resolved config), ``model.safetensors`` + ``model.json``,
 ``checkpoint/last.safetensors`` (for resume), ``metrics.jsonl``, TensorBoard ``events.*``,
-``figures/*.png``, ``report.md``; ``results.json`` for ``vaelab reproduce``; ``.lock`` and ``.lock.json``
+``figures/*.png``, ``report.md``; ``snapshots/minutes-M.safetensors`` with ``train.snapshot_minutes``
+(:mod:`vaelab.runs.snapshots`); ``results.json`` for ``vaelab reproduce``; ``.lock`` and ``.lock.json``
 (the writer).
 
 One writer: whatever changes a run (``train``, ``train --resume``, ``reproduce``, ``eval`` that writes)
@@ -49,12 +50,13 @@ METRICS = "metrics.jsonl"
 REPORT = "report.md"
 FIGURES = "figures"
 RESULTS = "results.json"
+SNAPSHOTS = "snapshots"
 LOCK = ".lock"
 HOLDER = ".lock.json"
 
-# the run's own names, directly inside it; checkpoint/ and figures/ are checked entry by entry too
-OWN_NAMES = (CONFIG, MODEL, MODEL_JSON, "checkpoint", METRICS, REPORT, FIGURES, RESULTS, LOCK, HOLDER)
-TEMP_FOLDERS = (".", "checkpoint", FIGURES)
+# the run's own names, directly inside it; checkpoint/, figures/ and snapshots/ are checked entry by entry too
+OWN_NAMES = (CONFIG, MODEL, MODEL_JSON, "checkpoint", METRICS, REPORT, FIGURES, RESULTS, SNAPSHOTS, LOCK, HOLDER)
+TEMP_FOLDERS = (".", "checkpoint", FIGURES, SNAPSHOTS)
 
 
 @dataclass
@@ -110,6 +112,10 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.path / RESULTS
+
+    @property
+    def snapshots(self) -> Path:
+        return self.path / SNAPSHOTS
 
     def has_progress(self) -> bool:
         """Whether there is anything to resume or keep: a checkpoint or a saved model."""
@@ -256,7 +262,7 @@ class RunDir:
     def check_links(self) -> None:
         """Refuse to write a run whose own files or folders are symbolic links."""
         names = [Path(n) for n in OWN_NAMES]
-        for folder in ("checkpoint", FIGURES):
+        for folder in ("checkpoint", FIGURES, SNAPSHOTS):
             inside = self.path / folder
             if inside.is_dir() and not inside.is_symlink():
                 names += [Path(folder) / entry for entry in os.listdir(inside)]

@@ -9,6 +9,12 @@ RNG) and the data order and dynamic binarisation (a separate generator). Both RN
 every end-of-epoch checkpoint, so an interrupted run resumed from its last checkpoint replays the
 remaining epochs exactly as an uninterrupted run would (same thread count assumed).
 
+Snapshots (``train.snapshot_minutes`` > 0): each time the training clock (the one ``train.minutes`` counts:
+the epochs' training seconds, a resumed epoch's included) passes a multiple of the interval, after an optimiser
+step or at an epoch's end, the weights the run would save go to ``snapshots/`` (:mod:`vaelab.runs.snapshots`).
+A resume first removes the snapshots taken after its checkpoint, then takes them again as the clock passes
+their marks, so an interrupted run has each mark once.
+
 Weight averaging (``train.ema_decay`` > 0): an exponential moving average of the weights,
 updated after every optimiser step (``torch.optim.swa_utils.AveragedModel``), is what the run
 evaluates, saves and draws its figures with; the optimiser keeps training the raw weights. Both are
@@ -59,6 +65,7 @@ from vaelab.io import REASONS, atomic_write, atomic_write_text, cannot_write, ma
 from vaelab.model import Shard, build_model, build_objective, save_model
 from vaelab.runs import RunDir
 from vaelab.runs.rundir import CONFIG
+from vaelab.runs.snapshots import Snapshot, list_snapshots, mark_name, save_snapshot, snapshot_index
 from vaelab.train.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world, launched_rank
 from vaelab.train.divergence import stop_if_diverged
@@ -153,6 +160,10 @@ class Trainer:
         self.world, device = init_world(train.device)  # one process unless started by torchrun
         if self.world.distributed and train.minutes > 0:
             raise VaelabError("train.minutes is not supported with data-parallel training (each process times itself)")
+        if self.world.distributed and train.snapshot_minutes > 0:
+            raise VaelabError(
+                "train.snapshot_minutes is not supported with data-parallel training (each process times itself)"
+            )
         if self.world.distributed and train.keras_log:
             raise VaelabError(
                 "train.keras_log is not supported with data-parallel training (each process sees a shard)"
@@ -173,6 +184,7 @@ class Trainer:
         self.stages = self.model.stages()
         staged_refusals = {"train.minutes": train.minutes > 0, "train.early_stopping": train.early_stopping > 0}
         staged_refusals["train.keep_best"] = train.keep_best
+        staged_refusals["train.snapshot_minutes"] = train.snapshot_minutes > 0
         for key in [k for k, on in staged_refusals.items() if on and len(self.stages) > 1]:
             raise VaelabError(
                 f"{key} is not supported for a model trained in stages ({', '.join(s.name for s in self.stages)}): "
@@ -187,8 +199,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.figure_paths: list[Path] = []  # what finish() drew
         self._say_progress = False  # set by fit(): lines on the console as the run goes
-        # mid-epoch: (next step, loss sums, images, the extra terms' sums)
-        self._resume_point: tuple[int, list[float], int, dict[str, float]] | None = None
+        # mid-epoch: (next step, loss sums, images, the extra terms' sums, the epoch's training seconds so far)
+        self._resume_point: tuple[int, list[float], int, dict[str, float], float] | None = None
+        self._next_snapshot = 1  # the index of the next snapshot mark (train.snapshot_minutes)
 
     # --- stages ----------------------------------------------------------------------------------
 
@@ -316,7 +329,10 @@ class Trainer:
 
     def train_seconds(self) -> float:
         """Training time so far, over every session of this run (what a time budget counts)."""
-        return sum(r.get("seconds", 0.0) for r in self.records() if r["split"] == "train")
+        return sum(self._train_record_seconds())
+
+    def _train_record_seconds(self) -> list[float]:
+        return [r.get("seconds", 0.0) for r in self.records() if r["split"] == "train"]
 
     def budget_spent(self) -> bool:
         """Whether the training time so far has used up ``train.minutes``."""
@@ -348,7 +364,8 @@ class Trainer:
         train = self.config.train
         # a time budget: its schedule moves on step by step, and it ends training inside an epoch too
         budget = 60 * train.minutes if train.minutes > 0 else 0.0
-        spent_before = self.train_seconds() if budget else 0.0
+        snapshots = train.snapshot_minutes > 0
+        spent_before = self.train_seconds() if budget or snapshots else 0.0
         if budget:  # the schedule over the time budget: where in it this epoch starts
             lr = learning_rate(train.lr_schedule, train.lr, spent_before, budget)
         else:  # over the stage's epochs (one stage: train.epochs)
@@ -359,8 +376,11 @@ class Trainer:
         steps = len(self.train_batches)
         world = self.world
         sizes = self.train_batches.batch_sizes()
-        first_step, sums, count, extra = self._resume_point or (0, [0.0] * self._sums_size, 0, {})
+        # seconds_before: a resumed epoch's training time up to its checkpoint, where its clock goes on from
+        first_step, sums, count, extra, seconds_before = self._resume_point or (0, [0.0] * self._sums_size, 0, {}, 0.0)
         self._resume_point = None
+        if snapshots:  # every mark the clock has passed was taken before this point
+            self._next_snapshot = snapshot_index(spent_before + seconds_before, train.snapshot_minutes) + 1
         sums = torch.tensor(sums, dtype=torch.float64, device=self.device)
         # the family's extra terms (per example), summed as the loss is
         extra_sums = {
@@ -407,14 +427,17 @@ class Trainer:
                         f"[{last_line - start:.0f} s]",
                         markup=False,
                     )
+            now = seconds_before + (time.perf_counter() - start)  # this epoch's training seconds so far
+            if snapshots:
+                self._snapshot_if_due(spent_before + now, step + 1)
             if budget:
-                spent = spent_before + time.perf_counter() - start
+                spent = spent_before + now
                 if spent >= budget:
                     break
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(train.lr_schedule, train.lr, spent, budget)
             if self._mid_epoch_checkpoint_due(last_checkpoint) and step < steps - 1:
-                self._save_mid_epoch(step + 1, sums, count, epoch_data_state, extra_sums)
+                self._save_mid_epoch(step + 1, sums, count, epoch_data_state, extra_sums, now)
                 last_checkpoint = time.perf_counter()
         names = sorted(extra_sums)
         extra_sum = torch.stack([extra_sums[n] for n in names]) if names else sums.new_zeros(0)
@@ -425,15 +448,17 @@ class Trainer:
             count = int(world.all_reduce_sum(torch.tensor([count], dtype=torch.float64, device=self.device)).item())
         total, reconstruction, kl = (sums[:3] / count).tolist()  # syncs the device before the clock stops
         extra_means = dict(zip(names, (extra_sum / count).tolist()))
-        seconds = time.perf_counter() - start
+        seconds = seconds_before + (time.perf_counter() - start)
         if not math.isfinite(total):
             self._stop_if_diverged([{"split": "train", "total": total}], epoch=self.epoch + 1)
+        if snapshots:  # the clock as the next epoch reads it from the records: the sum with this epoch's seconds
+            self._snapshot_if_due(sum([*self._train_record_seconds(), seconds]), step + 1)
         metrics = {
             "total": total,
             "reconstruction": reconstruction,
             "kl": kl,
             "seconds": seconds,
-            "images_per_second": (count - count_before) / seconds,
+            "images_per_second": (count - count_before) / (seconds - seconds_before),  # this session's
             "lr": lr,
             **extra_means,
         }
@@ -461,8 +486,10 @@ class Trainer:
         count: int,
         epoch_data_state: torch.Tensor,
         extra_sums: dict[str, torch.Tensor] | None = None,
+        seconds: float = 0.0,
     ) -> None:
-        """A checkpoint inside an epoch: an interrupted slow epoch loses minutes, not the epoch."""
+        """A checkpoint inside an epoch: an interrupted slow epoch loses minutes, not the epoch. ``seconds``: the
+        epoch's training time so far, where a resumed epoch's clock goes on from."""
         sums_list = sums.tolist()
         extra = {name: float(value) for name, value in (extra_sums or {}).items()}
         if not all(math.isfinite(v) for v in sums_list):
@@ -478,11 +505,50 @@ class Trainer:
                 "step": next_step,
                 "sums": sums_list,
                 "count": count,
+                "seconds": seconds,
                 **({"extra_sums": extra} if extra else {}),
                 **self._stage_fields(),
             },
             self.averaged,
         )
+
+    def _snapshot_if_due(self, training_seconds: float, steps_done: int) -> None:
+        """Save the weights the run would save as the snapshot of the last mark ``training_seconds`` has passed,
+        if no snapshot has that mark yet (``steps_done``: of the epoch in progress)."""
+        every = self.config.train.snapshot_minutes
+        index = snapshot_index(training_seconds, every)
+        if index < self._next_snapshot:
+            return
+        self._next_snapshot = index + 1
+        name, mark = mark_name(index, every)
+        path = self.run.snapshots / f"{name}.safetensors"
+        if path.exists():  # taken before this run's checkpoint (train.snapshot_minutes changed since): kept
+            return
+        self._stop_if_diverged([], epoch=self.epoch + 1)  # no snapshot of non-finite weights
+        snapshot = Snapshot(
+            path,
+            training_seconds,
+            mark,
+            self.epoch + 1,
+            steps_done,
+            len(self.train_batches),
+            "raw" if self.averaged is None else "ema",
+        )
+        save_snapshot(snapshot, self.final_model.state_dict())
+        self._say(
+            f"snapshot {name}: {training_seconds / 60:.2f} training minutes, epoch {snapshot.epoch} step "
+            f"{steps_done}/{snapshot.steps_per_epoch}"
+        )
+
+    def _drop_snapshots_after_checkpoint(self) -> None:
+        """Remove the snapshots taken after the point training goes on from (all of them for a fresh start):
+        the run takes them again as its clock passes their marks."""
+        if not self.run.own("snapshots").is_dir():
+            return
+        point = (self.epoch + 1, self._resume_point[0]) if self._resume_point else (self.epoch, math.inf)
+        for snapshot in list_snapshots(self.run):
+            if (snapshot.epoch, snapshot.step) > point:
+                snapshot.path.unlink()
 
     @property
     def position(self) -> str:
@@ -501,6 +567,7 @@ class Trainer:
             return
         step, sums, count = info.get("step"), info.get("sums"), info.get("count")
         extra = info.get("extra_sums", {})
+        seconds = info.get("seconds", 0.0)  # a checkpoint from before the clock went on across a resume: none
         valid = (
             type(step) is int
             and 0 < step < len(self.train_batches)
@@ -511,15 +578,24 @@ class Trainer:
             and all(type(v) in (int, float) and math.isfinite(v) for v in sums)
             and isinstance(extra, dict)
             and all(type(v) in (int, float) and math.isfinite(v) for v in extra.values())
+            and type(seconds) in (int, float)
+            and 0 <= seconds < math.inf
         )
         if not valid:
             raise VaelabError(
-                f"{self.run_dir / CHECKPOINT}: its mid-epoch position (step {step!r}, count {count!r}) does not fit "
+                f"{self.run_dir / CHECKPOINT}: its mid-epoch position (step {step!r}, count {count!r}, "
+                f"seconds {seconds!r}) does not fit "
                 f"this run's {len(self.train_batches)} steps per epoch; the checkpoint was edited or belongs elsewhere"
             )
         if self.world.distributed:
             raise VaelabError(f"{self.run_dir} stopped inside an epoch: resume it in one process, not under torchrun")
-        self._resume_point = (step, [float(v) for v in sums], count, {str(k): float(v) for k, v in extra.items()})
+        self._resume_point = (
+            step,
+            [float(v) for v in sums],
+            count,
+            {str(k): float(v) for k, v in extra.items()},
+            float(seconds),
+        )
 
     def evaluate(self, batches: Batches) -> dict[str, Any]:
         return evaluate_elbo(self.final_model, batches, seed=evaluation_seed(self.config.train.seed))
@@ -559,6 +635,8 @@ class Trainer:
         if main and self.epoch == 0:
             self.run.metrics.unlink(missing_ok=True)
             self.config.save(self.run.config)
+        if main:
+            self._drop_snapshots_after_checkpoint()
         epochs = self.total_epochs
         try:
             writer = (
