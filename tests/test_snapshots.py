@@ -1,4 +1,5 @@
-"""train.snapshot_minutes: the weights every N minutes of training time.
+"""train.snapshot_minutes and `vaelab eval --snapshots`: weights every N minutes of training time, and the test NLL
+of each against the training minutes.
 
 The training clock is faked as in test_time_budget: the trainer's ``time`` module is replaced by one whose
 ``perf_counter`` only training steps move, STEP_SECONDS each.
@@ -7,6 +8,9 @@ The training clock is faked as in test_time_budget: the trainer's ``time`` modul
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -174,6 +178,19 @@ def test_a_bad_interval_is_refused_in_one_line(value, run_cli, tmp_path):
         assert result.stderr.strip().count("\n") == 0 and "train.snapshot_minutes must be >= 0" in result.stderr
 
 
+def test_a_model_trained_in_stages_is_refused(tmp_path):
+    from vaelab.config import RunConfig, apply_overrides
+
+    config = apply_overrides(
+        RunConfig(),
+        ["model.family=vqvae", "model.prior_width=16", "model.prior_layers=1", "data.train_limit=64"]
+        + ["data.validation_size=0", "data.test_limit=16", "train.snapshot_minutes=1"],
+    )
+    with pytest.raises(VaelabError, match="train.snapshot_minutes is not supported for a model trained in stages"):
+        Trainer(config, tmp_path / "run", figures=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_damaged_snapshot_is_named_in_one_line(tmp_path):
     path = tmp_path / "minutes-001.safetensors"
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "vaelab-snapshot"})
@@ -182,3 +199,145 @@ def test_a_damaged_snapshot_is_named_in_one_line(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(VaelabError, match="is not a readable safetensors file"):
         read_snapshot(path)
+
+
+# --- vaelab eval --snapshots ---------------------------------------------------------------------------
+
+
+def _main(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
+    """``vaelab ARGS`` through the same entry point, in this process."""
+    from vaelab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
+
+
+@pytest.fixture
+def snapshot_run(tmp_path, clock) -> Path:
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config("train.snapshot_minutes=0.5", "train.ema_decay=0.9"), run_dir, figures=False)
+    _timed(trainer, clock)
+    trainer.fit(progress=False)
+    return run_dir
+
+
+K, LIMIT = 20, 24
+
+
+def test_the_curve_is_eval_nll_of_each_snapshot_loaded_as_a_model(snapshot_run, tmp_path, monkeypatch, capsys):
+    result = _main(monkeypatch, capsys, "eval", snapshot_run, "--snapshots", "--k", K, "--limit", LIMIT, "--json")
+    assert result.returncode == 0, result.stderr
+    curve = json.loads(result.stdout)
+    names = [p["snapshot"] for p in curve["points"]]
+    assert names == [name for name, *_ in EXPECTED] + ["final"]
+    assert [p["training_minutes"] for p in curve["points"]] == [0.5, 1.0, 1.5, 2.0, 2.0]
+    assert "[1/5] minutes-000.5: 0.50 training minutes" in result.stderr  # progress lines as it works
+
+    for point in curve["points"]:
+        copy = tmp_path / f"as-model-{point['snapshot']}"
+        shutil.copytree(snapshot_run, copy)
+        if point["snapshot"] != "final":  # the snapshot's weights as the run's model
+            weights = _weights(snapshot_run / "snapshots" / f"{point['snapshot']}.safetensors")
+            safetensors.torch.save_file(weights, str(copy / "model.safetensors"))
+        args = ["eval", copy, "--nll", "--k", K, "--limit", LIMIT, "--json", "--no-write", "--fd-samples", 2]
+        single = _main(monkeypatch, capsys, *args)
+        assert single.returncode == 0, single.stderr
+        one = json.loads(single.stdout)
+        assert (one["nll"], one["nll_stderr"], one["k"]) == (point["nll"], point["nll_stderr"], point["k"])
+    assert curve["points"][0]["nll"] > curve["points"][-1]["nll"]  # (training helped: the points differ)
+
+
+def test_the_curve_is_written_as_records_figure_and_report_and_reused(snapshot_run, monkeypatch, capsys):
+    args = ["eval", snapshot_run, "--snapshots", "--k", K, "--limit", LIMIT]
+    first = _main(monkeypatch, capsys, *args)
+    assert first.returncode == 0, first.stderr
+    figure = snapshot_run / "figures" / "nll_vs_minutes.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (snapshot_run / "metrics.jsonl").read_text().splitlines()]
+    points = [r for r in records if r.get("kind") == "nll_curve"]
+    assert [(r["snapshot"], r["epoch"], r["split"]) for r in points] == [
+        ("minutes-000.5", 0, "curve"),
+        ("minutes-001.0", 1, "curve"),
+        ("minutes-001.5", 1, "curve"),
+        ("minutes-002.0", 2, "curve"),
+        ("final", 2, "curve"),
+    ]
+    assert all(r["k"] == K and r["images"] == LIMIT for r in points)
+    # the final model is the last snapshot's weights: evaluated once
+    assert points[-1]["nll"] == points[-2]["nll"] and "nll_seconds" not in points[-1]
+    report = (snapshot_run / "report.md").read_text()
+    assert "## Test NLL against training time" in report and "![nll_vs_minutes](figures/nll_vs_minutes.png)" in report
+    assert "| minutes-001.5 | 1.50 | 1.50 |" in report
+
+    again = _main(monkeypatch, capsys, *args)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("(evaluated before, the same weights)") == 5
+    assert (snapshot_run / "metrics.jsonl").read_text().count('"nll_curve"') == 5  # nothing appended twice
+    assert (snapshot_run / "report.md").read_text().count("## Test NLL against training time") == 1
+
+
+def test_eval_snapshots_refuses_what_it_cannot_do_in_one_line(trained_run, tmp_path, monkeypatch, capsys):
+    for args, message in (
+        (["eval", "--pretrained", "seed-2d", "--snapshots"], "--snapshots reads a run directory's snapshots/"),
+        (["eval", trained_run, "--snapshots", "--disentanglement"], "evaluations of their own"),
+        (["eval", tmp_path, "--snapshots"], "is not a vaelab run directory"),
+    ):
+        result = _main(monkeypatch, capsys, *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr
+    # a run still training, before its model is saved, and without snapshots: nothing to evaluate
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(trained_run / "config.toml", bare / "config.toml")
+    result = _main(monkeypatch, capsys, "eval", bare, "--snapshots", "--no-write")
+    assert result.returncode == 2 and "no snapshots (train.snapshot_minutes) and no final model" in result.stderr
+
+
+def test_reproduce_draws_the_curve_for_an_experiment_that_declares_it(tmp_path, clock, monkeypatch, capsys):
+    from vaelab.experiments import EXPERIMENTS, Experiment
+    from vaelab.experiments.reproduce import reproduce
+    from vaelab.train.step import TrainStep
+
+    class TimedStep(TrainStep):
+        def __call__(self, *args, **kwargs):
+            clock[0] += STEP_SECONDS
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "TrainStep", TimedStep)
+    make = lambda: tiny_config("train.snapshot_minutes=0.5")  # noqa: E731
+    monkeypatch.setitem(
+        EXPERIMENTS, "curve-tiny", Experiment("curve-tiny", 1, "a tiny run", make, {"nll": 500.0}, nll_curve=(K, LIMIT))
+    )
+    [result] = reproduce("curve-tiny", tmp_path)
+    run_dir = tmp_path / "curve-tiny"
+    curve = result["nll_curve"]
+    assert (curve["k"], curve["images"]) == (K, LIMIT)
+    assert [p["snapshot"] for p in curve["points"]] == [name for name, *_ in EXPECTED] + ["final"]
+    assert "figures/nll_vs_minutes.png" in result["figures"] and (run_dir / "figures" / "nll_vs_minutes.png").exists()
+    assert json.loads((run_dir / "results.json").read_text())["nll_curve"] == json.loads(json.dumps(curve))
+    assert "paper: 500.00" in (run_dir / "report.md").read_text()
+
+    # eval --snapshots finds the run's experiment, and its paper's line, from results.json; nothing is evaluated again
+    capsys.readouterr()
+    again = _main(monkeypatch, capsys, "eval", run_dir, "--snapshots", "--k", K, "--limit", LIMIT)
+    assert again.returncode == 0, again.stderr
+    assert "paper: 500.00" in again.stdout and again.stderr.count("(evaluated before, the same weights)") == 5
+
+
+@pytest.mark.parametrize("name", ["burda-vae-2l", "burda-iwae-2l"])
+def test_the_two_layer_burda_experiments_take_no_snapshots(name):
+    from vaelab import pretrained
+    from vaelab.config import RunConfig
+    from vaelab.experiments import EXPERIMENTS
+    from vaelab.experiments.reproduce import _comparable
+
+    experiment = EXPERIMENTS[name]
+    config, _ = experiment.config()
+    assert experiment.version == 1 and experiment.nll_curve is None and config.train.snapshot_minutes == 0
+    recipe = experiment.make_config()
+    recipe.train.precision = experiment.precision
+    shipped = json.loads((pretrained.path(name) / "model.json").read_text())["config"]
+    assert _comparable(recipe) == _comparable(RunConfig.from_dict(shipped))  # the config its shipped run trained

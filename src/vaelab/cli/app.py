@@ -451,12 +451,22 @@ def evaluate(
             "evaluate); 10000 is disentanglement_lib's setting.",
         ),
     ] = DEFAULT_POINTS,
+    snapshots: Annotated[
+        bool,
+        typer.Option(
+            "--snapshots",
+            help="Instead: the IWAE-k NLL (--k, --limit) of each of the run's snapshots (train.snapshot_minutes) "
+            "and of its final model against training time: metrics.jsonl records, figures/nll_vs_minutes.png and a "
+            "report section (written with --limit too: each point names its images).",
+        ),
+    ] = False,
     figure_kind: FormatOpt = FigureKind.png,
     dpi: DpiOpt = 110,
 ) -> None:
     """Test-set bound (-ELBO, reconstruction, KL, KL per dimension), active units, posterior collapse, kNN and
     logistic-regression probes, silhouette, Fréchet distance of prior samples; with --nll the IWAE-k NLL.
-    With --disentanglement, instead, the five disentanglement metrics of the posterior means.
+    With --disentanglement, instead, the five disentanglement metrics of the posterior means. With --snapshots,
+    instead, the NLL of each snapshot and of the final model against training minutes.
 
     A run directory gets the results appended to its metrics.jsonl (a record with "kind": "analysis") and an
     "Evaluation" section in its report.md, unless --no-write or --limit; --pretrained models are only printed.
@@ -475,6 +485,15 @@ def evaluate(
     check_threads("--threads", threads)
     if threads:
         torch.set_num_threads(threads)
+    if snapshots:
+        if disentanglement:
+            raise VaelabError("--snapshots and --disentanglement are evaluations of their own: one per call")
+        if pretrained is not None or run_dir is None:
+            raise VaelabError("--snapshots reads a run directory's snapshots/: give RUN_DIR, not --pretrained")
+        if metric_points != DEFAULT_POINTS:
+            raise VaelabError("--metric-points goes with --disentanglement")
+        figure_format = _figure_format(figure_kind, dpi)
+        return _evaluate_snapshots(run_dir, k, limit, seed, no_write, as_json, figure_format)
     if disentanglement:
         if nll or limit:
             raise VaelabError("--disentanglement is an evaluation of its own: give --nll or --limit in another call")
@@ -483,7 +502,9 @@ def evaluate(
     if metric_points != DEFAULT_POINTS:
         raise VaelabError("--metric-points goes with --disentanglement")
     if figure_kind != FigureKind.png or dpi != 110:
-        raise VaelabError("--format and --dpi go with --disentanglement (its figures); eval draws no others")
+        raise VaelabError(
+            "--format and --dpi go with --disentanglement or --snapshots (their figures); eval draws no others"
+        )
     folder = _model_dir(run_dir, pretrained)
     run = RunDir(folder)
     written = pretrained is None and not no_write and not limit
@@ -540,6 +561,46 @@ def evaluate(
         print(json.dumps(result))
         return
     _print_evaluation(name, result, folder if written else None)
+
+
+def _evaluate_snapshots(
+    run_dir: Path, k: int, limit: int, seed: int | None, no_write: bool, as_json: bool, figure_format=None
+) -> None:
+    """``eval --snapshots``: an evaluation of its own, like --disentanglement; see vaelab.experiments.curve."""
+    from vaelab.experiments.curve import nll_curve
+    from vaelab.experiments.reproduce import published_nll_of_run
+
+    folder = _model_dir(run_dir, None)
+    result = nll_curve(
+        folder,
+        k=k,
+        limit=limit,
+        seed=seed,
+        write=not no_write,
+        figure_format=figure_format,
+        reference=published_nll_of_run(folder),
+        say=lambda line: err_console.print(line, markup=False),
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    how = result["points"][0].get("nll_note") or f"IWAE, k = {k}"
+    table = Table(title=f"{folder}: test NLL ({how}, {result['images']:,} images) against training time")
+    for column in ("weights", "training minutes", "epochs", "NLL (nats)", "± s.e."):
+        table.add_column(column, justify="left" if column == "weights" else "right")
+    for p in result["points"]:
+        stderr = "n/a" if p["nll_stderr"] is None else f"{p['nll_stderr']:.2f}"
+        table.add_row(p["snapshot"], f"{p['training_minutes']:.2f}", f"{p['epochs']:.2f}", f"{p['nll']:.2f}", stderr)
+    console.print(table)
+    if result["reference"] is not None:
+        console.print(f"{result['reference']['label']}: {result['reference']['nll']:.2f}", markup=False)
+    if result["figure"] is not None:
+        console.print(f"figure: {folder / result['figure']}", markup=False)
+        console.print(
+            f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a 'Test NLL against training time' "
+            "section",
+            markup=False,
+        )
 
 
 def _evaluate_disentanglement(

@@ -30,6 +30,9 @@ class Experiment:
     frechet: bool = (
         False  # also record the Fréchet distance of prior samples (MNIST: the shipped classifier's features)
     )
+    # (k, images): also the test NLL of each snapshot (set train.snapshot_minutes) and of the final model against
+    # training minutes, IWAE-k on the first `images` test images (0: all): results.json's nll_curve and its figure
+    nll_curve: tuple[int, int] | None = None
 
     def config(self) -> tuple[RunConfig, str | None]:
         """The run's config on this machine, and a one-line notice where it departs from the recipe."""

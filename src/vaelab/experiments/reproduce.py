@@ -35,7 +35,7 @@ from vaelab.io import atomic_write_json, atomic_write_text, markdown_figure
 from vaelab.model import load_model
 from vaelab.model.store import read_model_json
 from vaelab.runs import CHECKPOINT, RunDir
-from vaelab.runs.rundir import CONFIG, MODEL_JSON
+from vaelab.runs.rundir import CONFIG, MODEL_JSON, RESULTS
 from vaelab.train import Trainer, make_batches, write_run_report
 
 # a test record's keys that are not a family's extra terms
@@ -214,6 +214,21 @@ def _measure_and_report(
             }
         )
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
+    if experiment.nll_curve is not None:  # the NLL against training minutes, of the snapshots and the final model
+        from vaelab.experiments.curve import nll_curve
+
+        k, images = experiment.nll_curve
+        published = experiment.published.get("nll")
+        curve = nll_curve(
+            run_dir,
+            k=k,
+            limit=images,
+            figure_format=figure_format,
+            reference=None if published is None else ("paper", published),
+            say=lambda line: console.print(f"{name}: {line}", markup=False),
+        )
+        result["nll_curve"] = {key: curve[key] for key in ("k", "images", "seed", "points")}
+        result["figures"].append(curve["figure"])
     if experiment.reference_log:  # a published training log: ours beside it, epoch by epoch
         result["training_log"] = training_log_beside(experiment.reference_log, records)
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + training_log_section(result))
@@ -273,6 +288,34 @@ def _disentanglement(
         {key: result[key] for key in ("metric_sizes", "factor_vae_active_dims", "disentanglement_seconds", "seed")}
     )
     return scores, paths
+
+
+def published_nll_of_run(run_dir: Path) -> tuple[str, float] | None:
+    """("paper", NLL) where the run is an experiment's with a published NLL: named in its results.json, or by its
+    folder's name (NAME or NAME-seedS) with the experiment's config (threads, device, precision and seed aside)."""
+    run = RunDir(run_dir)
+    name = None
+    if run.own(RESULTS).is_file():
+        try:
+            name = json.loads(run.results.read_text(encoding="utf-8")).get("experiment")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    if name not in EXPERIMENTS:
+        name = re.sub(r"-seed\d+$", "", run.path.name)
+        if name not in EXPERIMENTS or not run.own(CONFIG).is_file():
+            return None
+        try:
+            config = RunConfig.load(run.config)
+        except VaelabError:
+            return None
+        recipe = _comparable(EXPERIMENTS[name].make_config(), seed=False)
+        ours = _comparable(config, seed=False)
+        for raw in (recipe, ours):
+            raw["train"].pop("precision", None)  # the recipe's falls back to fp32 where bf16 is slow
+        if recipe != ours:
+            return None
+    published = EXPERIMENTS[name].published.get("nll")
+    return None if published is None else ("paper", float(published))
 
 
 def _machine(meta: dict[str, Any]) -> dict[str, Any]:

@@ -595,6 +595,48 @@ def loss_curves(records: Iterable[Mapping]) -> Figure:
     return fig
 
 
+def nll_against_minutes(points: Sequence[Mapping], reference: tuple[str, float] | None = None) -> Figure:
+    """Test NLL (± its standard error) against training minutes, one point per ``points`` entry (``snapshot``,
+    ``training_minutes``, ``nll``, ``nll_stderr``, ``k``, ``images``); the final model as a star; ``reference``,
+    (label, nats), as a horizontal line."""
+    if not points:
+        raise VaelabError("no NLL points to draw")
+    fig, ax = _subplots(figsize=(7.5, 4.6))
+    ordered = sorted(points, key=lambda p: p["training_minutes"])
+    xs = [p["training_minutes"] for p in ordered]
+    ys = [p["nll"] for p in ordered]
+    errors = [p.get("nll_stderr") or 0.0 for p in ordered]
+    ax.errorbar(xs, ys, yerr=errors, color="C0", marker="o", markersize=4, capsize=3, label="NLL ± s.e.", zorder=3)
+    finals = [p for p in ordered if p["snapshot"] == "final"]
+    for p in finals:
+        ax.plot(
+            [p["training_minutes"]],
+            [p["nll"]],
+            marker="*",
+            markersize=14,
+            markerfacecolor="none",
+            markeredgewidth=1.5,
+            color="C3",
+            linestyle="none",
+            label=f"final model ({p['nll']:.2f})",
+            zorder=4,
+        )
+    best = min(ordered, key=lambda p: p["nll"])
+    ax.annotate(f"{best['nll']:.2f}", (best["training_minutes"], best["nll"]), xytext=(4, -12),
+                textcoords="offset points", fontsize=8)  # fmt: skip
+    if reference is not None:
+        ax.axhline(reference[1], color="C2", linestyle="--", label=f"{reference[0]} ({reference[1]:.2f})")
+    first = ordered[0]
+    how = first.get("nll_note") or f"IWAE, k = {first['k']}"
+    ax.set_title(f"Test NLL ({how}, {first['images']:,} test images) against training time")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("NLL, nats per image")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def reconstructions(model: VAE, x: ArrayLike, n: int = 10) -> Figure:
     """The first ``n`` inputs (top row) above their reconstructions (bottom row)."""
     x = _as_float_images(x)[:n]

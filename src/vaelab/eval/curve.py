@@ -1,0 +1,195 @@
+"""The test NLL of a run's snapshots and of its final model against training time (``vaelab eval --snapshots``).
+
+A point: ``snapshot`` (the snapshot's name, or ``final``), ``training_minutes`` (the clock ``train.minutes``
+counts), ``epochs`` (trained, as a fraction where a snapshot fell inside an epoch), ``nll`` and ``nll_stderr``
+(IWAE-k, as ``vaelab eval --nll`` estimates it, with its seed), ``bits_per_dim``, ``k``, ``images``, ``seed`` and
+``weights_sha256`` (of the tensors). :func:`curve_record` makes it a ``metrics.jsonl`` record
+``{"epoch": E, "split": "curve", "kind": "nll_curve", ...}``, E the epochs completed: a split of its own, so that
+readers of the last test record never take a point for it. Weights already evaluated with the same k, images and
+seed (in the log, or earlier in the same call: a final model equal to the last snapshot) are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab.data import Batches
+from vaelab.eval.nll import estimate_log_likelihood
+from vaelab.io import markdown_figure
+from vaelab.model.store import check_state
+from vaelab.runs.snapshots import Snapshot, load_snapshot_weights
+
+KIND = "nll_curve"
+SPLIT = "curve"
+SECTION = "## Test NLL against training time"
+PROGRESS_SECONDS = 30.0  # a progress line inside one evaluation at most this often
+_ESTIMATE_KEYS = ("nll", "nll_stderr", "bits_per_dim", "nll_note", "likelihood_note")
+
+
+@dataclass(frozen=True)
+class CurveWeights:
+    """One set of weights on the curve: a snapshot, or the run's final model."""
+
+    name: str
+    path: Path
+    training_seconds: float
+    epochs: float
+    epochs_completed: int
+
+    @classmethod
+    def of_snapshot(cls, snapshot: Snapshot) -> CurveWeights:
+        return cls(
+            snapshot.name,
+            snapshot.path,
+            snapshot.training_seconds,
+            snapshot.epoch_fraction,
+            snapshot.epochs_completed,
+        )
+
+
+def final_weights(path: Path, meta: dict[str, Any], records: list[dict[str, Any]]) -> CurveWeights:
+    """The final model (``model.safetensors``) as a point: the training time of the epochs its weights are from
+    (``train.keep_best``: the kept epoch's)."""
+    epochs = int(meta.get("kept_epoch", meta.get("epochs_trained", 0)))
+    seconds = sum(
+        r.get("seconds", 0.0) for r in records if r["split"] == "train" and "kind" not in r and r["epoch"] <= epochs
+    )
+    return CurveWeights("final", path, float(seconds), float(epochs), epochs)
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors (name, dtype, shape, bytes): equal for equal weights, whatever file holds them."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def curve_record(point: dict[str, Any]) -> dict[str, Any]:
+    body = {key: value for key, value in point.items() if key not in ("epoch", "split", "kind")}
+    return {"epoch": int(point["epochs_completed"]), "split": SPLIT, "kind": KIND, **body}
+
+
+def evaluate_curve(
+    model: torch.nn.Module,
+    weights: list[CurveWeights],
+    test: Batches,
+    k: int,
+    seed: int,
+    earlier: list[dict[str, Any]] | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> list[tuple[dict[str, Any], bool]]:
+    """(point, new) for each of ``weights`` in order: the model with those weights, its IWAE-k NLL on ``test``;
+    ``new`` where it was evaluated in this call rather than read from ``earlier`` records of the same weights,
+    k, images and seed."""
+    images = len(test.images)
+    known = {
+        (r.get("weights_sha256"), r.get("k"), r.get("images"), r.get("seed")): r
+        for r in earlier or []
+        if r.get("kind") == KIND
+    }
+    out = []
+    for number, item in enumerate(weights, 1):
+        state = load_snapshot_weights(item.path)
+        check_state(model, state, str(item.path))
+        fingerprint = weights_fingerprint(state)
+        where = (
+            f"[{number}/{len(weights)}] {item.name}: {item.training_seconds / 60:.2f} training minutes, "
+            f"{item.epochs:.2f} epochs"
+        )
+        point = {
+            "snapshot": item.name,
+            "training_minutes": item.training_seconds / 60,
+            "training_seconds": item.training_seconds,
+            "epochs": item.epochs,
+            "epochs_completed": item.epochs_completed,
+            "k": k,
+            "images": images,
+            "seed": seed,
+            "weights_sha256": fingerprint,
+        }
+        before = known.get((fingerprint, k, images, seed))
+        if before is not None:
+            point.update({key: before[key] for key in _ESTIMATE_KEYS if key in before})
+            say(f"{where}: NLL {_nll_text(point)} (evaluated before, the same weights)")
+            out.append((point, False))
+            continue
+        say(f"{where}: NLL, k = {k}, on {images:,} test images")
+        model.load_state_dict(state, strict=True)
+        started = time.perf_counter()
+        estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=_progress_lines(images, say))
+        point.update({key: estimate[key] for key in _ESTIMATE_KEYS if key in estimate})
+        if not math.isfinite(point["nll_stderr"]):  # NaN for a single image: JSON has no NaN
+            point["nll_stderr"] = None
+        point["nll_seconds"] = time.perf_counter() - started
+        say(f"  NLL {_nll_text(point)} [{point['nll_seconds']:.1f} s]")
+        known[(fingerprint, k, images, seed)] = point
+        out.append((point, True))
+    return out
+
+
+def _progress_lines(images: int, say: Callable[[str], None]) -> Callable[[int], None]:
+    """A progress callback for one evaluation: a line at most every PROGRESS_SECONDS."""
+    started = last = time.perf_counter()
+
+    def progress(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= PROGRESS_SECONDS and done < images:
+            last = now
+            say(f"  {done:,}/{images:,} images ({done / (now - started):.2f} images/s)")
+
+    return progress
+
+
+def _nll_text(point: dict[str, Any]) -> str:
+    stderr = point.get("nll_stderr")
+    return f"{point['nll']:.2f}" + ("" if stderr is None else f" ± {stderr:.2f}")
+
+
+def curve_section(points: list[dict[str, Any]], figure: str | None, reference: tuple[str, float] | None) -> list[str]:
+    """The report's section: one row per point, the figure, and the reference number where there is one."""
+    first = points[0]
+    how = first.get("nll_note") or f"IWAE, k = {first['k']}"
+    lines = [
+        SECTION,
+        "",
+        f"`vaelab eval --snapshots`: the test NLL ({how}; {first['images']:,} test images, seed {first['seed']}; "
+        "± one standard error over images) of the weights saved every `train.snapshot_minutes` of training time and "
+        "of the final model, nats per image."
+        + (f" **It is {first['likelihood_note']}.**" if "likelihood_note" in first else ""),
+        "",
+        "| weights | training minutes | epochs | NLL |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {p['snapshot']} | {p['training_minutes']:.2f} | {p['epochs']:.2f} | {_nll_text(p)} |" for p in points]
+    best = min(points, key=lambda p: p["nll"])
+    lines += ["", f"Best: {best['snapshot']}, {_nll_text(best)} nats after {best['training_minutes']:.2f} minutes."]
+    if reference is not None:
+        lines[-1] += f" {reference[0]}: {reference[1]:.2f} ({best['nll'] - reference[1]:+.2f} nats)."
+    if figure:
+        lines += ["", markdown_figure(Path(figure).stem, figure)]
+    return lines
+
+
+__all__ = [
+    "KIND",
+    "SECTION",
+    "SPLIT",
+    "CurveWeights",
+    "curve_record",
+    "curve_section",
+    "evaluate_curve",
+    "final_weights",
+    "weights_fingerprint",
+]
