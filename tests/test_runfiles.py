@@ -367,6 +367,9 @@ CHECKPOINT_EDITS = {
     "moment reshaped": (_edit_tensor("exp_avg_sq", lambda t: t.flatten()[:3].clone()), "optimiser state"),
     "moment removed": (_edit_tensor("exp_avg_sq", lambda t: None), "this optimiser keeps"),
     "step as a vector": (_edit_tensor("0.step", lambda t: t.repeat(2)), "optimiser state of parameter 0"),
+    # both load as finite numbers, and the next Adam step would make every weight NaN
+    "second moment negative": (_edit_tensor("0.exp_avg_sq", lambda t: t.fill_(-1.0)), "exp_avg_sq is negative"),
+    "step zero": (_edit_tensor("0.step", lambda t: t.fill_(0.0)), "at least one step"),
     "state of parameter 999": (lambda t, m: t.update({"optimizer.999.exp_avg": torch.zeros(1)}), "no parameter"),
     "rng torch garbage": (_edit_tensor("rng.torch", lambda t: torch.zeros_like(t)), "'torch' random-number state"),
     "rng torch short": (_edit_tensor("rng.torch", lambda t: t[:10].clone()), "'torch' random-number state"),

@@ -233,6 +233,15 @@ def _check_param_state(
             ok = value.shape == param.shape and value.dtype == param.dtype and bool(torch.isfinite(value).all())
         if not ok:
             raise VaelabError(f"{where}: {name} is not a finite value of the parameter's shape and dtype")
+        if name in _NON_NEGATIVE and bool((torch.as_tensor(value) < 0).any()):
+            raise VaelabError(f"{where}: {name} is negative somewhere, which that running mean of squares cannot be")
+        if name == "step" and not float(value) >= 1:
+            raise VaelabError(f"{where}: step is {float(value):g}; a saved optimiser has taken at least one step")
+
+
+# Adam's running means of squared gradients (and AMSGrad's maximum of them): never negative in a real state,
+# and a negative one turns the next step's square root into NaN
+_NON_NEGATIVE = ("exp_avg_sq", "max_exp_avg_sq")
 
 
 class _RngStates(dict):
