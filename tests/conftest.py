@@ -128,3 +128,14 @@ def native_bf16() -> bool:
     from vaelab.core.platform import cpu_capabilities
 
     return cpu_capabilities().native_bf16
+
+
+def in_process_cli(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
+    """``vaelab ARGS`` through the command line's entry point, in this process (no interpreter to start)."""
+    from vaelab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)

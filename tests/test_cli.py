@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IDX_NAMES, TINY, set_args, write_fake_idx_set
+from tests.conftest import in_process_cli as _main
 from vaelab.errors import VaelabError
 
 QUICK = ["--no-figures", *set_args(TINY)]
@@ -128,17 +129,6 @@ def test_out_pointing_at_an_existing_run(results, cli_tmp, trained_run):
     # and the run was left alone
     existing = cli_tmp / "existing-run"
     assert (existing / "metrics.jsonl").read_text() == (trained_run / "metrics.jsonl").read_text()
-
-
-def _main(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
-    """``vaelab ARGS`` through the same entry point, in this process."""
-    from vaelab.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vaelab", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
 
 
 def test_error_message_is_printed_verbatim(monkeypatch, capsys, tmp_path):

@@ -5,13 +5,12 @@ and the glue checked with a hand-made encoder whose answer is known."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import in_process_cli as vaelab
 from tests.conftest import set_args, tiny_config
 from vaelab.cli.app import DEFAULT_POINTS
 from vaelab.data import load_dataset
@@ -35,17 +34,6 @@ TINY_DSPRITES = [
     "train.epochs=3",  # 96 steps
     "train.threads=1",
 ]
-
-
-def vaelab(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
-    """``vaelab ARGS`` through the command line's entry point, in this process (no interpreter to start)."""
-    from vaelab.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
 
 
 @pytest.fixture(scope="module")

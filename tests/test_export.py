@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import vaelab
+from tests.conftest import in_process_cli as _main
 from vaelab import pretrained
 from vaelab.config import ModelConfig
 from vaelab.errors import VaelabError
@@ -27,16 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _main(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
-    from vaelab.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
 
 
 @pytest.fixture(scope="module")

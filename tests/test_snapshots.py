@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +17,7 @@ import safetensors.torch
 import torch
 
 import vaelab.train.trainer as trainer_module
+from tests.conftest import in_process_cli as _main
 from tests.conftest import tiny_config
 from vaelab.errors import VaelabError
 from vaelab.runs import RunDir
@@ -202,17 +201,6 @@ def test_a_damaged_snapshot_is_named_in_one_line(tmp_path):
 
 
 # --- vaelab eval --snapshots ---------------------------------------------------------------------------
-
-
-def _main(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
-    """``vaelab ARGS`` through the same entry point, in this process."""
-    from vaelab.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import in_process_cli as _main
 from tests.conftest import set_args
 from vaelab.config import ModelConfig, RunConfig, apply_overrides
 from vaelab.errors import VaelabError
@@ -47,16 +48,6 @@ def _model(**changes):
 
 def _images(n: int = 8) -> torch.Tensor:
     return (torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.5).float()
-
-
-def _main(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
-    from vaelab.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vaelab", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, info.value.code, captured.out, captured.err)
 
 
 # --- the codebook -----------------------------------------------------------------------------------
