@@ -477,6 +477,7 @@ def evaluate(
 
     from vaelab.config import check_threads
     from vaelab.eval import estimate_log_likelihood, evaluation_seed
+    from vaelab.eval.nll import REPORTED_KEYS
     from vaelab.eval.summary import analysis_record, evaluate_model, write_evaluation_section
     from vaelab.model import load_model
     from vaelab.runs import RunDir
@@ -543,13 +544,7 @@ def evaluate(
                 err_console.print(f"NLL, k = {k}: {done}/{len(test.images)} images ({rate:.2f} images/s)")
 
             estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=report)
-            result.update(
-                {
-                    key: estimate[key]
-                    for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note", "likelihood_note")
-                    if key in estimate
-                }
-            )
+            result.update({key: estimate[key] for key in REPORTED_KEYS if key in estimate})
             if result["nll_stderr"] != result["nll_stderr"]:  # NaN for a single image: JSON has no NaN
                 result["nll_stderr"] = None
         if written:

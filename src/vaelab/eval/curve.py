@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vaelab.data import Batches
-from vaelab.eval.nll import estimate_log_likelihood
+from vaelab.eval.nll import REPORTED_KEYS, estimate_log_likelihood
 from vaelab.io import markdown_figure
 from vaelab.model.store import check_state
 from vaelab.runs.snapshots import Snapshot, load_snapshot_weights
@@ -31,7 +31,7 @@ KIND = "nll_curve"
 SPLIT = "curve"
 SECTION = "## Test NLL against training time"
 PROGRESS_SECONDS = 30.0  # a progress line inside one evaluation at most this often
-_ESTIMATE_KEYS = ("nll", "nll_stderr", "bits_per_dim", "nll_note", "likelihood_note")
+_ESTIMATE_KEYS = tuple(key for key in REPORTED_KEYS if key != "k")  # a point names the k it asked for
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ DEFAULT_MAX_ELEMENTS = 2_000_000
 NOISE_BLOCK = 64
 # Images taken from the caller's batches at a time (progress is reported after each).
 IMAGES_PER_PASS = 100
+# what a caller reports of an estimate (k: the samples it used, 1 for a one-hot posterior whatever was asked)
+REPORTED_KEYS = ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note", "likelihood_note")
 GREY_LEVEL_BERNOULLI = (
     "not a log-likelihood: a Bernoulli likelihood on grey-level images is a cross-entropy (its mass sums to one "
     "over binary images only), so this NLL and its bits/dim are comparable with no published number; train with "

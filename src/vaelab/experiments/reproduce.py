@@ -195,6 +195,7 @@ def _measure_and_report(
             result["frechet"] = {"frechet_distance": None, "frechet_note": frechet_applicable(dataset)}
     if experiment.nll_k:
         from vaelab.eval import estimate_log_likelihood
+        from vaelab.eval.nll import REPORTED_KEYS
 
         console.print(
             f"{name}: the test NLL on {len(test_split.images)} test images (k = {experiment.nll_k} where importance-sampled)"
@@ -206,13 +207,7 @@ def _measure_and_report(
             console.print(f"{name}: NLL, k = {experiment.nll_k}: {done:,}/{total:,} images ({rate:.2f} images/s)")
 
         estimate = estimate_log_likelihood(model, test_split, k=experiment.nll_k, progress=report)
-        result["test"].update(
-            {
-                key: estimate[key]
-                for key in ("nll", "nll_stderr", "bits_per_dim", "k", "nll_note", "likelihood_note")
-                if key in estimate
-            }
-        )
+        result["test"].update({key: estimate[key] for key in REPORTED_KEYS if key in estimate})
         atomic_write_text(run.report, run.report.read_text(encoding="utf-8") + nll_section(result))
     if experiment.nll_curve is not None:  # the NLL against training minutes, of the snapshots and the final model
         from vaelab.experiments.curve import nll_curve
