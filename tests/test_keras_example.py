@@ -60,7 +60,8 @@ def test_keras_log_is_the_mean_of_batch_means_and_the_progress_bars_mean_of_runn
     assert metrics["keras_total"] == pytest.approx(sum(batch_means) / 4)
     assert metrics["keras_reconstruction_loss"] == pytest.approx(0.75 * 2.5)
     assert metrics["keras_kl_loss"] == pytest.approx(0.25 * 2.5)
-    assert metrics["keras_progbar_loss"] == pytest.approx(sum(running) / 4)
+    # Keras 2.15's printed loss, checked against its progress bar: the epoch-end update counts the last twice
+    assert metrics["keras_progbar_loss"] == pytest.approx((sum(running) + running[-1]) / 5)
     assert metrics["total"] == pytest.approx((64 * (1 + 2 + 3) + 8 * 4) / 200)  # vaelab's own: per image
 
 

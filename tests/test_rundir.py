@@ -290,6 +290,48 @@ def test_a_folder_made_for_a_run_goes_when_the_run_fails_before_its_first_checkp
     assert existing.path.is_dir()  # not ours to remove
 
 
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+def test_an_interrupt_just_after_the_lock_is_taken_still_removes_the_folder_made(tmp_path, monkeypatch):
+    # the CI flake: SIGTERM sent the moment .lock.json appeared left the folder behind
+    run = RunDir(tmp_path / "made" / "run")
+    take = RunDir._acquire
+
+    def take_then_signal(self, create):
+        hold = take(self, create)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives before the caller's cleanup is in place
+        return hold
+
+    monkeypatch.setattr(RunDir, "_acquire", take_then_signal)
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with pytest.raises(_Terminated), run.writing(create=True):
+            pytest.fail("the block ran although the signal came before it")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not (tmp_path / "made").exists()
+
+
+def test_an_interrupt_while_the_lock_is_being_taken_removes_the_folder_made(tmp_path, monkeypatch):
+    def interrupted(path):
+        raise _Terminated
+
+    monkeypatch.setattr("vaelab.runs.rundir.remove_stale_temp_files", interrupted)  # after .lock.json is written
+    run = RunDir(tmp_path / "made" / "run")
+    with pytest.raises(_Terminated), run.writing(create=True):
+        pytest.fail("the block ran although taking the lock failed")
+    assert not (tmp_path / "made").exists()
+    monkeypatch.undo()
+    with run.writing(create=True):  # and nothing of the failed attempt is held
+        assert run.path.is_dir()
+
+
 # --- metrics.jsonl ---------------------------------------------------------------------------
 
 

@@ -62,7 +62,6 @@ TEMP_FOLDERS = (".", "checkpoint", FIGURES, SNAPSHOTS)
 @dataclass
 class _Hold:
     lock: filelock.BaseFileLock
-    count: int = 0
     created: Path | None = None  # the topmost folder this process made for the run, if any
 
 
@@ -190,25 +189,25 @@ class RunDir:
         checkpoint or a model, the folders made for it are removed again (nothing to resume or keep).
         """
         key = self._key()
-        hold = _HELD.get(key)
-        if hold is None:
-            hold = self._acquire(create)
-            _HELD[key] = hold
-        hold.count += 1
+        if key in _HELD:  # re-entrant: the outermost block holds the lock and cleans up
+            yield self
+            return
         try:
+            self._acquire(create)  # registers the hold first thing, so an interrupt from then on is seen below
             yield self
         except BaseException:
-            if hold.count == 1 and hold.created is not None and not self.has_progress():
-                shutil.rmtree(self.path, ignore_errors=True)  # ours alone: we hold its lock
+            hold = _HELD.get(key)
+            if hold is not None and hold.created is not None and not self.has_progress():
+                shutil.rmtree(self.path, ignore_errors=True)  # ours alone: we made it and hold its lock
                 _remove_empty_parents(self.path, hold.created)
             raise
         finally:
-            hold.count -= 1
-            if hold.count == 0:
-                del _HELD[key]
+            hold = _HELD.pop(key, None)
+            if hold is not None:
                 self._release(hold)
 
-    def _acquire(self, create: bool) -> _Hold:
+    def _acquire(self, create: bool) -> None:
+        """Take the run's lock and register it in ``_HELD``; a failure (an interrupt too) undoes what was done."""
         path = self.path
         try:
             str(path).encode("utf-8")
@@ -216,20 +215,19 @@ class RunDir:
             raise VaelabError(
                 f"the run directory {str(path)!r} is not a valid UTF-8 name; choose one that is"
             ) from None
-        created = None
         if path.exists() and not path.is_dir():
             raise VaelabError(f"{path} is a file, not a run directory")
-        if not path.exists():
-            if not create:
-                raise VaelabError(f"{path} does not exist: no run directory there")
-            created = _topmost_missing(path)
-            try:
-                path.mkdir(parents=True)
-            except OSError as err:
-                raise cannot_write(path, err, "create") from None
+        if not path.exists() and not create:
+            raise VaelabError(f"{path} does not exist: no run directory there")
+        created = None if path.exists() else _topmost_missing(path)
+        lock = filelock.FileLock(str(path / LOCK))
         try:
+            if created is not None:
+                try:
+                    path.mkdir(parents=True)
+                except OSError as err:
+                    raise cannot_write(path, err, "create") from None
             self.check_links()
-            lock = filelock.FileLock(str(path / LOCK))
             try:
                 lock.acquire(timeout=0)
             except filelock.Timeout:
@@ -239,19 +237,19 @@ class RunDir:
                 ) from None
             except OSError as err:
                 raise cannot_write(path / LOCK, err) from None
-            try:
-                atomic_write_json(path / HOLDER, _holder_record())
-                remove_stale_temp_files(path)
-            except BaseException:
-                if created is not None:  # a folder we made and hold: its lock file goes too, so it can be removed
+            _HELD[self._key()] = _Hold(lock, created=created)
+            atomic_write_json(path / HOLDER, _holder_record())
+            remove_stale_temp_files(path)
+        except BaseException:
+            _HELD.pop(self._key(), None)
+            if lock.is_locked:
+                if created is not None:  # a folder we made and hold: what we put in it goes, so it can be removed
+                    (path / HOLDER).unlink(missing_ok=True)
                     (path / LOCK).unlink(missing_ok=True)
                 lock.release()
-                raise
-        except BaseException:
             if created is not None:  # without the lock another writer may be inside: only if still empty
                 _remove_empty_parents(path, created, including=True)
             raise
-        return _Hold(lock, created=created)
 
     def _release(self, hold: _Hold) -> None:
         try:

@@ -463,13 +463,15 @@ class Trainer:
             **extra_means,
         }
         if train.keras_log:
-            keras = (sums[3:] / steps).tolist()
+            keras = (sums[3:6] / steps).tolist()
             metrics.update(
                 {
                     "keras_reconstruction_loss": keras[1],  # its log's reconstruction_loss and kl_loss columns
                     "keras_kl_loss": keras[2],
                     "keras_total": keras[0],  # their sum: the loss its train_step computes, as a running mean
-                    "keras_progbar_loss": keras[3],  # the log's loss column (Keras 2's progress bar averages it)
+                    # the log's loss column: Keras 2's progress bar averages the running means, its epoch-end
+                    # update adding the last one once more
+                    "keras_progbar_loss": (sums[6].item() + keras[0]) / (steps + 1),
                 }
             )
         return metrics
