@@ -304,9 +304,8 @@ def test_an_interrupt_just_after_the_lock_is_taken_still_removes_the_folder_made
     take = RunDir._acquire
 
     def take_then_signal(self, create):
-        hold = take(self, create)
+        take(self, create)
         os.kill(os.getpid(), signal.SIGTERM)  # arrives before the caller's cleanup is in place
-        return hold
 
     monkeypatch.setattr(RunDir, "_acquire", take_then_signal)
     before = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -220,6 +220,7 @@ class RunDir:
         if not path.exists() and not create:
             raise VaelabError(f"{path} does not exist: no run directory there")
         created = None if path.exists() else _topmost_missing(path)
+        key = self._key()
         lock = filelock.FileLock(str(path / LOCK))
         try:
             if created is not None:
@@ -237,11 +238,11 @@ class RunDir:
                 ) from None
             except OSError as err:
                 raise cannot_write(path / LOCK, err) from None
-            _HELD[self._key()] = _Hold(lock, created=created)
+            _HELD[key] = _Hold(lock, created=created)
             atomic_write_json(path / HOLDER, _holder_record())
             remove_stale_temp_files(path)
         except BaseException:
-            _HELD.pop(self._key(), None)
+            _HELD.pop(key, None)
             if lock.is_locked:
                 if created is not None:  # a folder we made and hold: what we put in it goes, so it can be removed
                     (path / HOLDER).unlink(missing_ok=True)
