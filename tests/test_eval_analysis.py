@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vaelab.data import Batches, ImageDataset
+from vaelab.data.datasets import DEBIAN_FASHION_MNIST, folder_has_idx_set
 from vaelab.errors import VaelabError
 from vaelab.eval import (
     active_units,
@@ -147,12 +148,35 @@ def test_frechet_distance_in_classifier_features_orders_sets_sensibly(classifier
     assert 0 < near < far / 5
 
 
-def test_frechet_only_for_mnist():
+def test_frechet_only_for_data_sets_with_a_classifier():
     x = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
     y = torch.zeros(4, dtype=torch.int64)
     assert frechet_applicable(ImageDataset("mnist", x, y, x, y, "test")) is None
-    reason = frechet_applicable(ImageDataset("fashion-mnist", x, y, x, y, "test"))
-    assert reason and "not computed" in reason and "fashion-mnist" in reason
+    assert frechet_applicable(ImageDataset("fashion-mnist", x, y, x, y, "test")) is None
+    reason = frechet_applicable(ImageDataset("kmnist", x, y, x, y, "test"))
+    assert reason and "not computed" in reason and "kmnist" in reason
+    with pytest.raises(VaelabError, match="no classifier for the data set 'kmnist'"):
+        load_classifier("kmnist")
+
+
+@pytest.mark.skipif(
+    not folder_has_idx_set(DEBIAN_FASHION_MNIST), reason="Debian's dataset-fashion-mnist absent (apt-get install it)"
+)
+def test_the_fashion_classifier_tells_clothes_apart_and_not_digits():
+    """Its own test images it gets mostly right; its features set clothes apart from digits, which
+    the MNIST classifier's features would not be asked to do."""
+    from vaelab.data import load_dataset
+
+    fashion, digits = load_dataset("fashion-mnist"), load_dataset("mnist")
+    classifier = load_classifier("fashion-mnist")
+    info = classifier_info("fashion-mnist")
+    assert info["command"].startswith("python -m vaelab.eval.classifier --data fashion-mnist")
+    assert accuracy(classifier, fashion.x_test[:1000], fashion.y_test[:1000]) > 0.85 and info["test_accuracy"] > 0.85
+    assert accuracy(load_classifier("mnist"), fashion.x_test[:1000], fashion.y_test[:1000]) < 0.5
+    f_test, f_train, f_digits = (
+        features(classifier, x[:500]) for x in (fashion.x_test, fashion.x_train, digits.x_test)
+    )
+    assert 0 < frechet_distance_of_features(f_test, f_train) < frechet_distance_of_features(f_test, f_digits) / 5
 
 
 def test_evaluate_model_on_other_data_reports_a_null_frechet_distance():

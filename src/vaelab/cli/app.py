@@ -470,8 +470,8 @@ def evaluate(
 
     A run directory gets the results appended to its metrics.jsonl (a record with "kind": "analysis") and an
     "Evaluation" section in its report.md, unless --no-write or --limit; --pretrained models are only printed.
-    The Fréchet distance uses the features of vaelab's own MNIST classifier: it is NOT comparable with
-    Inception-based FID, and it is computed for MNIST runs only.
+    The Fréchet distance uses the features of vaelab's own classifier of the data set: it is NOT comparable
+    with Inception-based FID, and it is computed for MNIST and Fashion-MNIST runs only.
     """
     import torch
 

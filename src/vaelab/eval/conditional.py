@@ -1,8 +1,9 @@
-"""How well a conditional model's samples carry their label: vaelab's MNIST classifier reads them back.
+"""How well a conditional model's samples carry their label: vaelab's classifier of the data set reads them back.
 
 ``n`` prior draws are decoded under the labels in turn (0, 1, ..., K-1, 0, ...: n / K per class) and
 the classifier's argmax is compared with the label each was decoded under. The classifier itself errs
-on ~1% of real test digits (``classifier_info()``), which bounds what this can show.
+on ~1% of real MNIST test digits (``classifier_info(dataset)`` has each one's test accuracy), which
+bounds what this can show.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def conditional_samples(
 
 @torch.no_grad()
 def label_accuracy(
-    model: LatentVariableModel, n: int = LABEL_SAMPLES, seed: int = 0, classifier=None
+    model: LatentVariableModel, n: int = LABEL_SAMPLES, seed: int = 0, classifier=None, dataset: str = "mnist"
 ) -> dict[str, float | int | list[float]]:
-    """The share of ``n`` conditional samples that the MNIST classifier assigns to their label, overall
+    """The share of ``n`` conditional samples that ``dataset``'s classifier assigns to their label, overall
     and per class (``label_accuracy``, ``label_accuracy_per_class``, ``label_samples``)."""
     from vaelab.eval.classifier import IMAGE_SHAPE, load_classifier
 
@@ -47,10 +48,10 @@ def label_accuracy(
         raise model._unsupported("labels as input, so no accuracy of conditional samples")
     if model.classes != 10 or tuple(model.image_shape) != IMAGE_SHAPE:
         raise VaelabError(
-            f"the label accuracy reads samples with vaelab's MNIST classifier (10 classes, 1 x 28 x 28); this model "
+            f"the label accuracy reads samples with vaelab's {dataset} classifier (10 classes, 1 x 28 x 28); this model "
             f"has {model.classes} classes and images of {tuple(model.image_shape)}"
         )
-    classifier = classifier or load_classifier()
+    classifier = classifier or load_classifier(dataset)
     images, labels = conditional_samples(model, n, seed)
     predicted = torch.cat([classifier(images[i : i + SAMPLE_CHUNK]).argmax(1) for i in range(0, n, SAMPLE_CHUNK)])
     right = predicted == labels

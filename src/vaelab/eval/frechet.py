@@ -1,13 +1,14 @@
-"""A Fréchet distance between a model's samples and the test set, in an MNIST classifier's feature space.
+"""A Fréchet distance between a model's samples and the test set, in a small classifier's feature space.
 
     FD = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})
 
 between Gaussians fitted (mean, covariance) to two sets of features. The features are the 128-d
-penultimate layer of vaelab's own small MNIST classifier (:mod:`vaelab.eval.classifier`), so
+penultimate layer of vaelab's own small classifier of the model's data set (:mod:`vaelab.eval.classifier`:
+MNIST's digits or Fashion-MNIST's clothes), so
 
-**this number is NOT comparable with Inception-based FID** (Heusel et al. 2017) or with any
-number computed with another feature network: use it to compare vaelab models with each other, on
-MNIST only (on any other data set the digit classifier's features mean nothing).
+**this number is NOT comparable with Inception-based FID** (Heusel et al. 2017), with any number
+computed with another feature network, or across data sets: use it to compare vaelab models of one
+data set with each other (on a data set without a classifier it is not computed).
 
 The model's samples are the likelihood's mean images decoded from ``n`` prior draws (what
 ``vaelab sample`` shows); the reference is the test images as grey levels in [0, 1], whatever
@@ -29,10 +30,14 @@ import torch
 from vaelab.errors import VaelabError
 from vaelab.model.base import LatentVariableModel
 
-NOT_FID_NOTE = (
-    "Fréchet distance in the feature space of vaelab's own MNIST classifier (128-d); "
-    "NOT comparable with Inception-based FID"
-)
+
+def not_fid_note(dataset: str = "mnist") -> str:
+    return (
+        f"Fréchet distance in the feature space of vaelab's own {dataset} classifier (128-d); "
+        "NOT comparable with Inception-based FID"
+    )
+
+
 SAMPLE_CHUNK = 1000  # prior samples decoded per call: the conv decoder's activations stay ~100 MB
 
 
@@ -94,17 +99,18 @@ def sample_frechet_distance(
     n: int = 10_000,
     seed: int = 0,
     classifier=None,
+    dataset: str = "mnist",
 ) -> dict[str, float | int | str]:
-    """Fréchet distance between ``n`` prior samples of ``model`` and ``reference_images`` (MNIST test images,
-    uint8 or [0, 1] floats), in the MNIST classifier's feature space; see the module docstring."""
+    """Fréchet distance between ``n`` prior samples of ``model`` and ``reference_images`` (``dataset``'s test
+    images, uint8 or [0, 1] floats), in ``dataset``'s classifier's feature space; see the module docstring."""
     from vaelab.eval.classifier import features, load_classifier
 
-    classifier = classifier or load_classifier()
+    classifier = classifier or load_classifier(dataset)
     samples = prior_samples(model, n, seed)
     distance = frechet_distance_of_features(features(classifier, samples), features(classifier, reference_images))
     return {
         "frechet_distance": distance,
         "frechet_samples": n,
         "frechet_reference_images": len(reference_images),
-        "frechet_note": NOT_FID_NOTE,
+        "frechet_note": not_fid_note(dataset),
     }

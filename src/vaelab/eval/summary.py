@@ -8,9 +8,9 @@
 * ``knn5_accuracy`` (fit on all ``knn_train_images`` training latent means), ``logistic_accuracy``
   (fit on the first ``probe_train_images`` <= 10,000 of them), ``silhouette`` (test latent means by class);
 * ``frechet_distance`` between ``frechet_samples`` prior samples and the test images in the feature space
-  of vaelab's MNIST classifier (NOT comparable with Inception-based FID; ``frechet_note`` says so), or
-  ``None`` with ``frechet_note`` giving the reason when the data set is not MNIST;
-* for a conditional model (``model.takes_labels``) on MNIST, ``label_accuracy`` (and per class): the share of
+  of vaelab's classifier of the data set (NOT comparable with Inception-based FID; ``frechet_note`` says so),
+  or ``None`` with ``frechet_note`` giving the reason when vaelab has no classifier of the data set;
+* for a conditional model (``model.takes_labels``) of 10 classes on such a data set, ``label_accuracy`` (and per class): the share of
   ``frechet_samples`` samples, decoded under the labels in turn, that the same classifier assigns to their label;
 * for a model with a discrete latent (``model.can("discrete_code")``), ``cluster_accuracy``: its most probable
   category against the test labels under the best one-to-one matching (Hungarian);
@@ -51,7 +51,7 @@ from vaelab.eval.analysis import (
 from vaelab.eval.bound import evaluate_elbo
 from vaelab.eval.clustering import best_match_accuracy, discrete_codes
 from vaelab.eval.conditional import label_accuracy
-from vaelab.eval.frechet import NOT_FID_NOTE, sample_frechet_distance
+from vaelab.eval.frechet import sample_frechet_distance
 from vaelab.io import atomic_write_text
 from vaelab.model.base import LatentVariableModel
 from vaelab.model.codebook import usage_summary
@@ -63,14 +63,17 @@ SECTION = "## Evaluation"
 
 
 def frechet_applicable(dataset: ImageDataset) -> str | None:
-    """None if the Fréchet distance can be computed for ``dataset``, else the reason it cannot."""
-    if dataset.name != "mnist":
+    """None if the Fréchet distance (and the label accuracy) can be computed for ``dataset``, else the
+    reason it cannot: it needs vaelab's classifier of that data set."""
+    from vaelab.eval.classifier import CLASSIFIERS, IMAGE_SHAPE
+
+    if dataset.name not in CLASSIFIERS:
         return (
-            f"not computed: the Fréchet distance uses an MNIST digit classifier's features, "
-            f"which mean nothing for the data set {dataset.name!r}"
+            f"not computed: the Fréchet distance uses the features of a classifier of the data set, and vaelab has "
+            f"none for {dataset.name!r} (only for {', '.join(CLASSIFIERS)})"
         )
-    if tuple(dataset.image_shape) != (1, 28, 28):
-        return f"not computed: the MNIST classifier takes 1 x 28 x 28 images, not {dataset.image_shape}"
+    if tuple(dataset.image_shape) != IMAGE_SHAPE:
+        return f"not computed: the {dataset.name} classifier takes 1 x 28 x 28 images, not {dataset.image_shape}"
     return None
 
 
@@ -140,21 +143,21 @@ def evaluate_model(
         stage(f"Fréchet distance of {frechet_samples:,} prior samples")
         # the test split's grey-level images (the split is the first images of the test set)
         reference = dataset.x_test[:n_test]
-        result.update(sample_frechet_distance(model, reference, frechet_samples, seed, classifier))
+        result.update(sample_frechet_distance(model, reference, frechet_samples, seed, classifier, dataset.name))
     else:
         result.update(
             {"frechet_distance": None, "frechet_samples": 0, "frechet_reference_images": 0, "frechet_note": reason}
         )
-    if model.takes_labels:  # its samples under each label, read back by the MNIST classifier
+    if model.takes_labels:  # its samples under each label, read back by the data set's classifier
         if frechet_applicable(dataset) is None and model.classes == 10:
             stage(f"label accuracy of {frechet_samples:,} conditional samples")
-            result.update(label_accuracy(model, frechet_samples, seed, classifier))
+            result.update(label_accuracy(model, frechet_samples, seed, classifier, dataset.name))
         else:
             result.update(
                 {
                     "label_accuracy": None,
-                    "label_accuracy_note": f"not computed: it reads samples with a 10-class MNIST digit classifier, "
-                    f"which means nothing for {model.classes} classes of {dataset.name!r}",
+                    "label_accuracy_note": f"not computed: it reads samples with a 10-class classifier of the data "
+                    f"set, which vaelab has not for {model.classes} classes of {dataset.name!r}",
                 }
             )
     if model.can("discrete_code"):  # a discrete latent: how well its categories match the classes
@@ -307,7 +310,8 @@ def analysis_lines(result: dict[str, Any]) -> list[str]:
             lines.append(
                 f"label accuracy of conditional samples: {_pct(result['label_accuracy'])} of "
                 f"{result['label_samples']} samples (the labels in turn) classified as their label by vaelab's "
-                "MNIST classifier; per class: " + ", ".join(_pct(v) for v in result["label_accuracy_per_class"])
+                "classifier of the data set; per class: "
+                + ", ".join(_pct(v) for v in result["label_accuracy_per_class"])
             )
     return lines
 
@@ -362,7 +366,6 @@ def replace_section(report: Path, heading: str, section_lines: list[str]) -> Non
 __all__ = [
     "COLLAPSE_WARNING",
     "FRECHET_SAMPLES",
-    "NOT_FID_NOTE",
     "analysis_lines",
     "analysis_record",
     "append_record",

@@ -179,7 +179,7 @@ def _measure_and_report(
         from vaelab.eval.conditional import label_accuracy
 
         console.print(f"{name}: label accuracy of conditional samples")
-        result["label_accuracy"] = label_accuracy(model, seed=evaluation_seed(config.train.seed))
+        result["label_accuracy"] = label_accuracy(model, seed=evaluation_seed(config.train.seed), dataset=dataset.name)
     if model.can("code_usage"):  # a quantised code: how much of its codebook the test set uses
         from vaelab.eval.summary import code_usage_analysis
 
@@ -190,7 +190,9 @@ def _measure_and_report(
 
         if frechet_applicable(dataset) is None:
             reference = dataset.x_test[: len(test_split.images)]
-            result["frechet"] = sample_frechet_distance(model, reference, seed=evaluation_seed(config.train.seed))
+            result["frechet"] = sample_frechet_distance(
+                model, reference, seed=evaluation_seed(config.train.seed), dataset=dataset.name
+            )
         else:
             result["frechet"] = {"frechet_distance": None, "frechet_note": frechet_applicable(dataset)}
     if experiment.nll_k:
