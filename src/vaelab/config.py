@@ -106,7 +106,7 @@ class DataConfig(_Keys):
 class ModelConfig(_Keys):
     section = "model"
     family: str = "vae"  # the model family (vaelab list); the keys below are the VAE family's
-    arch: str = "conv"  # conv (the study's) | conv64 (the disentanglement papers') | dense (784-512-256) | mlp
+    arch: str = "conv"  # conv (the study's) | conv-keras (padded as TF pads) | conv64 (the disentanglement papers') | dense (784-512-256) | mlp
     latent_dim: int = 2
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp only
     activation: str = "relu"  # mlp only
@@ -325,6 +325,7 @@ class TrainConfig(_Keys):
     device: str = "cpu"  # cpu | cuda | cuda:N (batches are built on the CPU and moved per step)
     lr_schedule: str = "constant"  # constant | burda (8 stages of 3^i epochs, lr * 10^(-i/7), compressed to epochs) | burda-even (the same 8 rates, stages of equal length)
     adam_eps: float = 1e-8  # Burda et al. used 1e-4
+    adam_eps_placement: str = "torch"  # torch (eps after Adam's bias correction) | keras (before it, as Keras adds it)
     compile: bool = False  # torch.compile the loss (forward + backward graph); costs compile time up front
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights, updated every step
     checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often (0: at epoch ends only)
@@ -353,6 +354,7 @@ class TrainConfig(_Keys):
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
+        _one_of("train.adam_eps_placement", self.adam_eps_placement, ("torch", "keras"))
         if not 0 <= self.checkpoint_minutes < math.inf:
             raise VaelabError(
                 f"train.checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}"

@@ -66,6 +66,7 @@ from vaelab.model import Shard, build_model, build_objective, save_model
 from vaelab.runs import RunDir
 from vaelab.runs.rundir import CONFIG
 from vaelab.runs.snapshots import Snapshot, list_snapshots, mark_name, save_snapshot, snapshot_index
+from vaelab.train.adam import make_adam
 from vaelab.train.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 from vaelab.train.distributed import init_world, launched_rank
 from vaelab.train.divergence import stop_if_diverged
@@ -237,9 +238,8 @@ class Trainer:
             {**group, "params": [p for p in group["params"] if p.requires_grad]}
             for group in self.model.parameter_groups()
         ]
-        # fused: one kernel for the whole update instead of a dozen per tensor (~5-25% faster steps here)
-        self.optimizer = torch.optim.Adam(
-            [g for g in groups if g["params"]], lr=train.lr, eps=train.adam_eps, fused=True
+        self.optimizer = make_adam(
+            [g for g in groups if g["params"]], train.lr, train.adam_eps, train.adam_eps_placement
         )
         self.step = TrainStep(
             self.model,
