@@ -44,7 +44,9 @@ def quality(model, dataset, batches, seed: int, knn_train: int, frechet_samples:
     except Exception as err:  # a model without an exportable encoder
         result["knn5"] = None
         result["knn5_note"] = str(err)
-    result["frechet"] = sample_frechet_distance(model, dataset.x_test, frechet_samples, seed)["frechet_distance"]
+    result["frechet"] = sample_frechet_distance(model, dataset.x_test, frechet_samples, seed, dataset=dataset.name)[
+        "frechet_distance"
+    ]
     return result
 
 

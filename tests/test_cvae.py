@@ -153,6 +153,6 @@ def test_the_shipped_cvae_repeats_its_recorded_label_accuracy():
     folder = vaelab.pretrained.path("cvae-2d")
     recorded = json.loads((folder / "results.json").read_text())["label_accuracy"]
     model = vaelab.pretrained.load("cvae-2d")
-    measured = label_accuracy(model, recorded["label_samples"], evaluation_seed(0))
+    measured = label_accuracy(model, recorded["label_samples"], evaluation_seed(0), dataset="mnist")
     assert recorded["label_samples"] == 10_000 and recorded["label_accuracy"] >= 0.95
     assert measured["label_accuracy"] == pytest.approx(recorded["label_accuracy"], abs=1e-4)

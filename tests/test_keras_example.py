@@ -204,19 +204,37 @@ def test_keras_epsilon_placement_makes_torchs_adam_keras(placement):
     assert agree == (placement == "keras")
 
 
-def test_keras_adam_resumes_its_step_count_from_a_checkpoint():
+def test_keras_adam_resumes_from_a_checkpoint_as_if_never_stopped(tmp_path):
+    """Through vaelab's checkpoint file (which rebuilds the optimiser from its saved settings): three
+    steps, save, load into a fresh run, three more, equal to six in a row; two groups, as a family's may."""
+    from vaelab.train import load_checkpoint, save_checkpoint
     from vaelab.train.adam import make_adam
 
-    def run(split: bool) -> torch.Tensor:
-        p = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
-        adam = make_adam([{"params": [p]}], lr=1e-3, eps=1e-7, placement="keras")
+    def run(stop_after: int | None) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+        groups = lambda m: [{"params": m[0].parameters()}, {"params": m[1].parameters(), "betas": (0.5, 0.9)}]  # noqa: E731
+        adam = make_adam(groups(model), lr=1e-3, eps=1e-7, placement="keras")
         for step in range(6):
-            if split and step == 3:
-                state = adam.state_dict()
-                adam = make_adam([{"params": [p]}], lr=1e-3, eps=1e-7, placement="keras")
-                adam.load_state_dict(state)
-            p.grad = torch.full((4,), 1e-6 * (step + 1), dtype=torch.float64)
+            if step == stop_after:
+                save_checkpoint(tmp_path / "last.safetensors", model, adam, {}, {"epoch": 1})
+                torch.manual_seed(1)
+                model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+                adam = make_adam(groups(model), lr=1e-3, eps=1e-7, placement="keras")
+                load_checkpoint(tmp_path / "last.safetensors", model, adam)
+            adam.zero_grad()
+            (model(torch.full((1, 3), 1e-5 * (step + 1))) ** 2).sum().backward()
             adam.step()
-        return p.detach()
+        assert [g["keras_step"] for g in adam.param_groups] == [6, 6]
+        return [p.detach().clone() for p in model.parameters()]
 
-    torch.testing.assert_close(run(split=True), run(split=False), rtol=0, atol=0)
+    for resumed, whole in zip(run(stop_after=3), run(stop_after=None), strict=True):
+        torch.testing.assert_close(resumed, whole, rtol=0, atol=0)
+
+
+def test_an_unknown_epsilon_placement_is_refused():
+    from vaelab.errors import VaelabError
+    from vaelab.train.adam import make_adam
+
+    with pytest.raises(VaelabError, match="one of torch, keras"):
+        make_adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, eps=1e-7, placement="tf")

@@ -40,6 +40,7 @@ MAX_WIDTH = 16_384  # a discriminator layer 16x Kim & Mnih's 1,000 units
 MAX_CLASSES = 100_000  # a one-hot label of this size is already 100x ImageNet's 1,000 classes
 MAX_CODEBOOK = 65_536  # 128x the VQ-VAE paper's 512 codes
 MAX_CODE_DIM = 4_096
+ADAM_EPS_PLACEMENTS = ("torch", "keras")  # where Adam adds epsilon: after the bias correction (torch) or before it
 PRIOR_HEADS = 4  # vqvae: the prior transformer's attention heads; its width must divide by them
 
 
@@ -354,7 +355,7 @@ class TrainConfig(_Keys):
         _one_of("train.lr_schedule", self.lr_schedule, ("constant", "burda", "burda-even"))
         if not self.adam_eps > 0:
             raise VaelabError(f"train.adam_eps must be > 0, got {self.adam_eps}")
-        _one_of("train.adam_eps_placement", self.adam_eps_placement, ("torch", "keras"))
+        _one_of("train.adam_eps_placement", self.adam_eps_placement, ADAM_EPS_PLACEMENTS)
         if not 0 <= self.checkpoint_minutes < math.inf:
             raise VaelabError(
                 f"train.checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}"

@@ -426,7 +426,7 @@ def evaluate(
             "--fd-samples",
             min=2,
             max=1_000_000,
-            help="Prior samples for the Fréchet distance and a conditional model's label accuracy (MNIST only).",
+            help="Prior samples for the Fréchet distance and a conditional model's label accuracy (MNIST and Fashion-MNIST only).",
         ),
     ] = 10_000,
     no_write: Annotated[

@@ -1,9 +1,9 @@
 """How well a conditional model's samples carry their label: vaelab's classifier of the data set reads them back.
 
 ``n`` prior draws are decoded under the labels in turn (0, 1, ..., K-1, 0, ...: n / K per class) and
-the classifier's argmax is compared with the label each was decoded under. The classifier itself errs
-on ~1% of real MNIST test digits (``classifier_info(dataset)`` has each one's test accuracy), which
-bounds what this can show.
+the classifier's argmax is compared with the label each was decoded under. The classifier's own
+errors on real test images (``classifier_info(dataset)`` records its test accuracy) bound what this
+can show.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def conditional_samples(
 
 @torch.no_grad()
 def label_accuracy(
-    model: LatentVariableModel, n: int = LABEL_SAMPLES, seed: int = 0, classifier=None, dataset: str = "mnist"
+    model: LatentVariableModel, n: int = LABEL_SAMPLES, seed: int = 0, classifier=None, *, dataset: str
 ) -> dict[str, float | int | list[float]]:
     """The share of ``n`` conditional samples that ``dataset``'s classifier assigns to their label, overall
     and per class (``label_accuracy``, ``label_accuracy_per_class``, ``label_samples``)."""

@@ -99,7 +99,8 @@ def sample_frechet_distance(
     n: int = 10_000,
     seed: int = 0,
     classifier=None,
-    dataset: str = "mnist",
+    *,
+    dataset: str,
 ) -> dict[str, float | int | str]:
     """Fréchet distance between ``n`` prior samples of ``model`` and ``reference_images`` (``dataset``'s test
     images, uint8 or [0, 1] floats), in ``dataset``'s classifier's feature space; see the module docstring."""

@@ -143,7 +143,9 @@ def evaluate_model(
         stage(f"Fréchet distance of {frechet_samples:,} prior samples")
         # the test split's grey-level images (the split is the first images of the test set)
         reference = dataset.x_test[:n_test]
-        result.update(sample_frechet_distance(model, reference, frechet_samples, seed, classifier, dataset.name))
+        result.update(
+            sample_frechet_distance(model, reference, frechet_samples, seed, classifier, dataset=dataset.name)
+        )
     else:
         result.update(
             {"frechet_distance": None, "frechet_samples": 0, "frechet_reference_images": 0, "frechet_note": reason}
@@ -151,7 +153,7 @@ def evaluate_model(
     if model.takes_labels:  # its samples under each label, read back by the data set's classifier
         if frechet_applicable(dataset) is None and model.classes == 10:
             stage(f"label accuracy of {frechet_samples:,} conditional samples")
-            result.update(label_accuracy(model, frechet_samples, seed, classifier, dataset.name))
+            result.update(label_accuracy(model, frechet_samples, seed, classifier, dataset=dataset.name))
         else:
             result.update(
                 {

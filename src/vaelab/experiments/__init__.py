@@ -27,9 +27,7 @@ class Experiment:
     nll_k: int = 0  # > 0: also report the importance-weighted test NLL with this many samples
     precision: str = "fp32"  # the recipe's; bf16 falls back to fp32 on a CPU without native bf16
     reference_log: tuple[dict[str, float], ...] = ()  # a published per-epoch training log to set ours beside
-    frechet: bool = (
-        False  # also record the Fréchet distance of prior samples (the shipped classifier of the data set)
-    )
+    frechet: bool = False  # also record the Fréchet distance of prior samples (the shipped classifier of the data set)
     # (k, images): also the test NLL of each snapshot (set train.snapshot_minutes) and of the final model against
     # training minutes, IWAE-k on the first `images` test images (0: all): results.json's nll_curve and its figure
     nll_curve: tuple[int, int] | None = None
@@ -389,7 +387,7 @@ for _name, _prior, _posterior, _title in (
 def _fashion_vae() -> RunConfig:
     """families-standard's recipe (Burda et al.'s one-layer VAE, 50 epochs) on dynamically binarised
     Fashion-MNIST: the Gaussian VAE that vqvae-fashion's samples are set beside, as burda-vae is
-    vqvae-mnist's (a few minutes, about vqvae-fashion's own training time)."""
+    vqvae-mnist's, on a budget of the same order as vqvae-fashion's."""
     config = _family_comparison()()
     config.data.name = "fashion-mnist"
     return config.validate()

@@ -13,10 +13,9 @@ computes them.
 Version 2 is Keras' network and update exactly: the ``conv-keras`` architecture (TensorFlow's "same"
 padding, bottom and right only, where ``conv`` pads both sides and so is the same network mirrored;
 Keras' two z heads each initialised on their own) and ``train.adam_eps_placement = "keras"`` (epsilon
-added to sqrt(v) before the bias correction). With the same weights, noise and batches, a step of it
-matched Keras 2.15's to float rounding, and 400 steps stayed within 5e-4 relative (checked against
-TensorFlow outside the repository; docs/keras-example.md). Left different: the shuffles and the
-noise come from other generators. Version 1 trained the ``conv`` pair with torch's epsilon.
+added to sqrt(v) before the bias correction). With the same weights, noise and batches it was checked
+step by step against Keras 2.15 outside the repository (docs/keras-example.md has the figures). Left
+different: the shuffles and the noise come from other generators. Version 1 trained the ``conv`` pair with torch's epsilon.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ on the 28 x 28 grid, that moves the digit one pixel against the stride-4 grid of
 two are different models of the same data; ``conv-keras`` is Keras' own (keras-example uses it).
 
 Plain torch layers; ``vaelab.nets.accel`` applies this CPU's speed choices (layout, fused kernels)
-from outside. The ReLUs run in place: each directly follows its layer, whose output nothing else
-reads (autograd saves those layers' inputs, not their outputs), so no extra activation is allocated.
+from outside. The ReLUs run in place: each follows its layer (in ``conv-keras`` through a view that
+drops a row and a column), whose output nothing else reads (autograd saves those layers' inputs, not
+their outputs), so no extra activation is allocated.
 
 Weights are initialised as Keras does (Glorot-uniform weights, zero biases), not with PyTorch's
 defaults: with PyTorch's smaller default init the 16-unit ReLU bottleneck tends to go dead early and
@@ -43,7 +44,9 @@ def keras_init(module: nn.Module) -> None:
 def _check_divisible(image_shape: tuple[int, int, int]) -> None:
     _, h, w = image_shape
     if h % 4 or w % 4:
-        raise VaelabError(f"the conv architecture needs height and width divisible by 4, got {h}x{w}")
+        raise VaelabError(
+            f"the conv architectures (conv, conv-keras) need height and width divisible by 4, got {h}x{w}"
+        )
 
 
 def keras_heads_init(layer: nn.Linear, heads: int) -> None:

@@ -913,7 +913,7 @@ def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, A
             _objective_setting(key, getattr(config.objective, key)) for key in objective_keys(config.objective.name)
         )
         + (f", {config.objective.gradient} gradient)" if config.objective.name == "iwae" else ")"),
-        f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr} (schedule {t.lr_schedule}, eps {t.adam_eps:g}), "
+        f"- training: {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr} (schedule {t.lr_schedule}, eps {t.adam_eps:g} placed as {t.adam_eps_placement}), "
         f"seed {t.seed}, precision {t.precision}"
         + (", compiled" if t.compile else "")
         + (f"; evaluated with the weights' moving average (decay {t.ema_decay:g} per step)" if t.ema_decay else ""),
