@@ -80,6 +80,18 @@ def test_conv64_is_the_papers_architecture_and_keeps_the_image_size():
     assert decoder(torch.randn(5, 10)).shape == (5, 3, 64, 64)
 
 
+def test_mlp_tcvae_is_chen_et_als_pair():
+    encoder, decoder = ARCHITECTURES.get("mlp-tcvae")(ModelConfig(latent_dim=10), (1, 64, 64), 20, 1)
+    widths = [(m.in_features, m.out_features) for m in encoder.modules() if isinstance(m, nn.Linear)]
+    assert widths == [(4096, 1200), (1200, 1200), (1200, 20)]
+    assert sum(isinstance(m, nn.ReLU) for m in encoder.modules()) == 2
+    widths = [(m.in_features, m.out_features) for m in decoder.modules() if isinstance(m, nn.Linear)]
+    assert widths == [(10, 1200), (1200, 1200), (1200, 1200), (1200, 4096)]
+    assert sum(isinstance(m, nn.Tanh) for m in decoder.modules()) == 3
+    assert encoder(torch.rand(5, 1, 64, 64)).shape == (5, 20)
+    assert decoder(torch.randn(5, 10)).shape == (5, 1, 64, 64)
+
+
 def test_conv64_takes_any_multiple_of_16_and_refuses_other_sizes_in_one_line():
     assert Conv64Encoder((1, 32, 48), 4)(torch.rand(2, 1, 32, 48)).shape == (2, 4)
     assert Conv64Decoder(2, (1, 32, 48), 1)(torch.randn(2, 2)).shape == (2, 1, 32, 48)

@@ -88,3 +88,14 @@ def mlp_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tup
         MLPEncoder(image_shape, hidden, encoder_out, config.activation),
         MLPDecoder(config.latent_dim, image_shape, hidden, decoder_out, config.activation),
     )
+
+
+@ARCHITECTURES.register(
+    "mlp-tcvae",
+    "Chen et al.'s dSprites pair (beta-TCVAE code): 1200-1200 ReLU up, 1200-1200-1200 tanh down; PyTorch's init",
+)
+def tcvae_mlp_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tuple[nn.Module, nn.Module]:
+    return (
+        MLPEncoder(image_shape, [1200, 1200], encoder_out, "relu"),
+        MLPDecoder(config.latent_dim, image_shape, [1200, 1200, 1200], decoder_out, "tanh"),
+    )
