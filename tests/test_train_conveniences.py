@@ -89,7 +89,8 @@ def test_from_the_command_line(run_cli, tmp_path):
     args = ["train", "--out", out, "--no-figures", "--early-stopping", "1", "--keep-best"]
     result = run_cli(*args, *set_args([*TINY, "train.epochs=4", "train.early_stopping_delta=1000"]))
     assert result.returncode == 0, result.stderr
-    assert "early stopping after epoch 2: no better validation total than epoch 1's" in result.stderr
+    said = "early stopping after epoch 2: no validation total lower by more than 1000 (train.early_stopping_delta) "
+    assert said + "than epoch 1's" in result.stderr and "for 1 epoch (" in result.stderr
     assert "keeping epoch 1's weights" in result.stderr
     meta = json.loads((out / "model.json").read_text())
     assert (meta["epochs_trained"], meta["kept_epoch"]) == (2, 1)

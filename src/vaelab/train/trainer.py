@@ -678,9 +678,12 @@ class Trainer:
                 writer.close()
         if self.epoch < epochs and self.early_stop_due():
             epoch, total = self.best_validation()
+            waited, delta = self.epoch - epoch, self.config.train.early_stopping_delta
+            better = f"lower by more than {delta:g} (train.early_stopping_delta)" if delta else "lower"
             self._say(
-                f"early stopping after epoch {self.epoch}: no better validation total than epoch {epoch}'s "
-                f"{total:.2f} for {self.epoch - epoch} epochs (train.early_stopping = {self.config.train.early_stopping})"
+                f"early stopping after epoch {self.epoch}: no validation total {better} than epoch {epoch}'s "
+                f"{total:.2f} for {waited} epoch{'s' * (waited != 1)} "
+                f"(train.early_stopping = {self.config.train.early_stopping})"
             )
         return self.finish()
 
