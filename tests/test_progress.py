@@ -30,6 +30,20 @@ def test_a_run_without_a_terminal_reports_inside_epochs_and_after_training(tmp_p
     assert {p.name for p in trainer.figure_paths} >= {"loss_curves.png", "samples.png"}
 
 
+def test_slow_steps_report_between_the_25_step_marks(tmp_path, monkeypatch):
+    from vaelab.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PLAIN_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(trainer_module, "PROGRESS_SECONDS", 0.0)  # every step counts as slow
+    log = io.StringIO()
+    trainer = Trainer(tiny_config("train.epochs=1"), tmp_path / "run", console=Console(file=log, width=200))
+    trainer.fit()
+    lines = log.getvalue().splitlines()
+    assert [n for n in range(1, 9) if any(s.startswith(f"epoch 1/1: {n}/8 batches") for s in lines)] == list(
+        range(1, 9)
+    ), lines
+
+
 def test_a_quiet_fit_prints_nothing(tmp_path):
     log = io.StringIO()
     Trainer(tiny_config("train.epochs=1"), tmp_path / "run", console=Console(file=log), figures=False).fit(

@@ -79,6 +79,7 @@ BEST = Path("checkpoint") / "best.safetensors"  # train.keep_best: the weights o
 TENSORBOARD_RECONSTRUCTIONS = 8  # validation images shown with their reconstructions each epoch
 TENSORBOARD_SAMPLES = 64
 PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal (no bar), a progress line inside an epoch this often
+PROGRESS_SECONDS = 1.0  # the bar's loss at least this often (and every 25 steps) when steps are slow
 
 
 def environment() -> dict[str, str]:
@@ -387,7 +388,7 @@ class Trainer:
             name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in extra.items()
         }
         count_before, start = count, time.perf_counter()
-        last_checkpoint = last_line = start
+        last_checkpoint = last_line = last_progress = start
         plain_lines = self._say_progress and progress is not None and progress.disable  # no bar: lines instead
         epoch_data_state = self.data_generator.get_state()  # a mid-epoch resume replays the epoch's order from it
         batches = self.train_batches.batches(self.data_generator, rows=world.rows if world.distributed else None)
@@ -415,7 +416,10 @@ class Trainer:
             for name, value in terms.extra.items():
                 extra_sums[name] = extra_sums.get(name, 0.0) + value.detach().sum().double()
             count += len(x)
-            if progress is not None and (step % 25 == 0 or step == steps - 1):
+            # every 25 steps (reading the loss syncs a GPU), and at least once a second when steps are slow
+            slow = time.perf_counter() - last_progress >= PROGRESS_SECONDS
+            if progress is not None and (step % 25 == 0 or step == steps - 1 or slow):
+                last_progress = time.perf_counter()
                 loss = sums[0].item() / count
                 if not math.isfinite(loss):
                     self._stop_if_diverged([{"split": "train", "total": loss}], epoch=self.epoch + 1)
