@@ -311,8 +311,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if bounds:
         models += f" ({'; '.join(bounds)}; img/s counts images, not samples)"
+    threads = f"{machine['threads']} thread{'s' * (machine['threads'] != 1)}"
     lines = [
-        f"Machine: {cpu['model']} ({extensions}), {machine['threads']} thread{'s' * (machine['threads'] != 1)}, torch {machine['torch']}; "
+        f"Machine: {cpu['model']} ({extensions}), {threads}, torch {machine['torch']}; "
         f"{models}; each rate the best of "
         f"{results['plan']['windows']} windows of {results['plan']['window']} s, the two sides' windows alternating.",
         "",

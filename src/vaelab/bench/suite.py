@@ -490,8 +490,9 @@ def markdown(results: dict[str, Any]) -> str:
     sizes = results.get("peak_matmul_n", {})
     peaks = ", ".join(f"{p} {peak[p]:.0f} GFLOP/s" + (f" (n = {sizes[p]})" if p in sizes else "") for p in peak)
     compiled = any(_measured(row.get("fp32_compiled")) for row in results["training"].values())
+    threads = results["machine"]["threads"]
     lines = [
-        f"Machine: {_cpu_line(results['machine'].get('cpu'))}{results['machine']['threads']} thread{'s' * (results['machine']['threads'] != 1)}, "
+        f"Machine: {_cpu_line(results['machine'].get('cpu'))}{threads} thread{'s' * (threads != 1)}, "
         f"torch {results['machine']['torch']}; matrix-multiply peak {peaks}{spread}.",
         "",
         "| model (batch 128) | MFLOP/img | vaelab fp32 img/s | GFLOP/s | % of fp32 peak | vaelab bf16 img/s "
