@@ -11,7 +11,7 @@ import pytest
 import vaelab.experiments.reproduce as reproduce_module
 from vaelab.config import apply_overrides
 from vaelab.eval.disentanglement import METRICS, Sizes
-from vaelab.experiments import EXPERIMENTS, GROUPS
+from vaelab.experiments import DISENT_BATCH, EXPERIMENTS, GROUPS
 from vaelab.experiments.reproduce import group_report, reproduce, run_experiment, run_name, seed_runs
 
 QUICK = [
@@ -20,6 +20,7 @@ QUICK = [
     "data.validation_size=64",
     "data.test_limit=64",
     "train.threads=1",
+    "train.compile=false",  # the recipe compiles; minutes of compiling would be most of this test
 ]
 TINY_SIZES = Sizes(300, 150, 100, 50, 30, 20, 300, 8)  # far below the library's: seconds, not minutes
 
@@ -41,8 +42,9 @@ def test_the_experiments_are_the_papers_models_on_dsprites():
     assert GROUPS["disent"] == ("disent-vae", "disent-betavae", "disent-btcvae", "disent-factorvae")
     configs = {name: EXPERIMENTS[name].config()[0] for name in GROUPS["disent"]}
     for config in configs.values():
-        assert config.data.name == "dsprites" and config.model.arch == "conv64" and config.model.latent_dim == 10
-        assert config.model.likelihood == "bernoulli" and config.train.batch_size == 64
+        assert config.data.name == "dsprites" and config.model.arch == "mlp-tcvae" and config.model.latent_dim == 10
+        assert config.model.likelihood == "bernoulli" and config.train.batch_size == DISENT_BATCH
+        assert config.train.lr == 1e-3 and config.train.compile
         assert 0 < config.train.minutes <= 60 and config.train.seed == 0
     assert (configs["disent-vae"].objective.name, configs["disent-vae"].objective.beta) == ("elbo", 1.0)
     assert (configs["disent-betavae"].objective.name, configs["disent-betavae"].objective.beta) == ("elbo", 4.0)
