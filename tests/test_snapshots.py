@@ -315,8 +315,11 @@ def test_reproduce_draws_the_curve_for_an_experiment_that_declares_it(tmp_path, 
     assert "paper: 500.00" in again.stdout and again.stderr.count("(evaluated before, the same weights)") == 5
 
 
-@pytest.mark.parametrize("name", ["burda-vae-2l", "burda-iwae-2l"])
-def test_the_two_layer_burda_experiments_take_no_snapshots(name):
+@pytest.mark.parametrize(
+    ("name", "version", "gradient", "snapshot_minutes"),
+    [("burda-vae-2l", 1, "reparam", 0.0), ("burda-iwae-2l", 2, "dreg", 15.0)],
+)
+def test_the_two_layer_burda_experiments_ship_the_run_of_their_recipe(name, version, gradient, snapshot_minutes):
     from vaelab import pretrained
     from vaelab.config import RunConfig
     from vaelab.experiments import EXPERIMENTS
@@ -324,8 +327,11 @@ def test_the_two_layer_burda_experiments_take_no_snapshots(name):
 
     experiment = EXPERIMENTS[name]
     config, _ = experiment.config()
-    assert experiment.version == 1 and experiment.nll_curve is None and config.train.snapshot_minutes == 0
+    assert experiment.version == version and experiment.nll_curve is None
+    assert config.objective.gradient == gradient and config.train.snapshot_minutes == snapshot_minutes
     recipe = experiment.make_config()
     recipe.train.precision = experiment.precision
     shipped = json.loads((pretrained.path(name) / "model.json").read_text())["config"]
     assert _comparable(recipe) == _comparable(RunConfig.from_dict(shipped))  # the config its shipped run trained
+    results = json.loads((pretrained.path(name) / "results.json").read_text())
+    assert results["version"] == version and not results["modified"]
