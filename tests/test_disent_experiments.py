@@ -41,6 +41,7 @@ def runs(tmp_path_factory):
 def test_the_experiments_are_the_papers_models_on_dsprites():
     assert GROUPS["disent"] == ("disent-vae", "disent-betavae", "disent-btcvae", "disent-factorvae")
     configs = {name: EXPERIMENTS[name].config()[0] for name in GROUPS["disent"]}
+    assert {EXPERIMENTS[name].version for name in GROUPS["disent"]} == {2}  # version 1's runs stay out of its tables
     for config in configs.values():
         assert config.data.name == "dsprites" and config.model.arch == "mlp-tcvae" and config.model.latent_dim == 10
         assert config.model.likelihood == "bernoulli" and config.train.batch_size == DISENT_BATCH

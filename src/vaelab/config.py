@@ -107,7 +107,7 @@ class DataConfig(_Keys):
 class ModelConfig(_Keys):
     section = "model"
     family: str = "vae"  # the model family (vaelab list); the keys below are the VAE family's
-    arch: str = "conv"  # conv (the study's) | conv-keras (padded as TF pads) | conv64 (the disentanglement papers') | dense (784-512-256) | mlp
+    arch: str = "conv"  # conv (the study's) | conv-keras (padded as TF pads) | conv64 (the disentanglement papers') | dense (784-512-256) | mlp | mlp-tcvae
     latent_dim: int = 2
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp only
     activation: str = "relu"  # mlp only

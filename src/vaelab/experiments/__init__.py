@@ -212,8 +212,17 @@ for _name, _version, _objective, _k, _gradient, _batch, _paper, _title in (
     ("burda-iwae-2l", 2, "iwae", 50, "dreg", 50, 82.90, "IWAE (k = 50)"),
 ):
     _make = _burda(
-        _objective, _k, 3280, lr=2.2e-3, batch_size=_batch, compile=True, ema_decay=0.999, gradient=_gradient,
-        decoder_bias="data-mean", stochastic_layers=(100, 50), minutes=BURDA_2L_MINUTES,
+        _objective,
+        _k,
+        3280,
+        lr=2.2e-3,
+        batch_size=_batch,
+        compile=True,
+        ema_decay=0.999,
+        gradient=_gradient,
+        decoder_bias="data-mean",
+        stochastic_layers=(100, 50),
+        minutes=BURDA_2L_MINUTES,
         snapshot_minutes=15.0 if _version > 1 else 0.0,
     )
     EXPERIMENTS[_name] = Experiment(
@@ -436,7 +445,7 @@ def _disent(
     FactorVAE's discriminator with its own Adam (0.5, 0.9) at the same rate, as Locatello et al.
     (2019) train it. Seed 0; other seeds with ``--set train.seed=S`` (the run goes to ``OUT/NAME-seedS``).
 
-    Deviation: batch DISENT_BATCH, not their 2048. An hour on two cores gives 1,200 steps at 2048 and
+    Deviation: batch DISENT_BATCH, not their 2048. 50 minutes on one shared core gave 1,200 steps at 2048;
     the minibatch-weighted estimate of q(z) costs B^2 a step; at 256 the pilots found the best MIG
     (docs/disentanglement.md). ``train.compile`` fuses that estimate (eager, it costs more than the
     MLPs). Version 1 was Locatello et al.'s conv64 at batch 64, lr 5e-4: MIG 0.074 and 0.042.
