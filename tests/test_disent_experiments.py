@@ -41,12 +41,14 @@ def runs(tmp_path_factory):
 def test_the_experiments_are_the_papers_models_on_dsprites():
     assert GROUPS["disent"] == ("disent-vae", "disent-betavae", "disent-btcvae", "disent-factorvae")
     configs = {name: EXPERIMENTS[name].config()[0] for name in GROUPS["disent"]}
-    assert {EXPERIMENTS[name].version for name in GROUPS["disent"]} == {2}  # version 1's runs stay out of its tables
+    assert {EXPERIMENTS[name].version for name in GROUPS["disent"]} == {3}  # version 1's runs stay out of its tables
+    assert {EXPERIMENTS[name].precision for name in GROUPS["disent"]} == {"bf16"}
     for config in configs.values():
         assert config.data.name == "dsprites" and config.model.arch == "mlp-tcvae" and config.model.latent_dim == 10
         assert config.model.likelihood == "bernoulli" and config.train.batch_size == DISENT_BATCH
         assert config.train.lr == 1e-3 and config.train.compile
         assert 0 < config.train.minutes <= 60 and config.train.seed == 0
+        assert config.train.snapshot_minutes == 15
     assert (configs["disent-vae"].objective.name, configs["disent-vae"].objective.beta) == ("elbo", 1.0)
     assert (configs["disent-betavae"].objective.name, configs["disent-betavae"].objective.beta) == ("elbo", 4.0)
     assert (configs["disent-btcvae"].objective.name, configs["disent-btcvae"].objective.beta) == ("btcvae", 6.0)
