@@ -20,6 +20,7 @@ import vaelab.train.trainer as trainer_module
 from tests.conftest import in_process_cli as _main
 from tests.conftest import tiny_config
 from vaelab.errors import VaelabError
+from vaelab.eval.disentanglement import METRICS
 from vaelab.runs import RunDir
 from vaelab.runs.snapshots import list_snapshots, mark_name, read_snapshot
 from vaelab.train import Trainer
@@ -270,7 +271,9 @@ def test_the_curve_is_written_as_records_figure_and_report_and_reused(snapshot_r
 def test_eval_snapshots_refuses_what_it_cannot_do_in_one_line(trained_run, tmp_path, monkeypatch, capsys):
     for args, message in (
         (["eval", "--pretrained", "seed-2d", "--snapshots"], "--snapshots reads a run directory's snapshots/"),
-        (["eval", trained_run, "--snapshots", "--disentanglement"], "evaluations of their own"),
+        (["eval", trained_run, "--snapshots", "--disentanglement", "--k", "5"], "--k and --limit go with NLL"),
+        (["eval", trained_run, "--snapshots", "--metric-points", "40"], "--metric-points goes with --disentanglement"),
+        (["eval", trained_run, "--snapshots", "--disentanglement"], "has no ground-truth factors"),
         (["eval", tmp_path, "--snapshots"], "is not a vaelab run directory"),
     ):
         result = _main(monkeypatch, capsys, *args)
@@ -313,6 +316,68 @@ def test_reproduce_draws_the_curve_for_an_experiment_that_declares_it(tmp_path, 
     again = _main(monkeypatch, capsys, "eval", run_dir, "--snapshots", "--k", K, "--limit", LIMIT)
     assert again.returncode == 0, again.stderr
     assert "paper: 500.00" in again.stdout and again.stderr.count("(evaluated before, the same weights)") == 5
+
+
+# --- vaelab eval --snapshots --disentanglement ----------------------------------------------------------------------
+
+POINTS = "40"  # --metric-points: seconds, not minutes
+
+
+@pytest.fixture
+def factor_run(tmp_path, clock) -> Path:
+    """A tiny run on dsprites-small with a snapshot at 1 and 2 minutes of the fake clock (the final model: the
+    second's weights)."""
+    run_dir = tmp_path / "factors"
+    data = ["data.name=dsprites-small", "model.latent_dim=4", "train.snapshot_minutes=1.0"]
+    trainer = Trainer(tiny_config(*data), run_dir, figures=False)
+    _timed(trainer, clock)
+    trainer.fit(progress=False)
+    return run_dir
+
+
+def test_the_disentanglement_curve_is_eval_disentanglement_of_each_snapshot(factor_run, tmp_path, monkeypatch, capsys):
+    args = ["eval", factor_run, "--snapshots", "--disentanglement", "--metric-points", POINTS]
+    result = _main(monkeypatch, capsys, *args, "--json", "--no-write")
+    assert result.returncode == 0, result.stderr
+    curve = json.loads(result.stdout)
+    assert [(p["snapshot"], p["training_minutes"]) for p in curve["points"]] == [
+        ("minutes-001", 1.0),
+        ("minutes-002", 2.0),
+        ("final", 2.0),
+    ]
+    assert curve["dataset"] == "dsprites-small" and curve["metric_sizes"]["points_train"] == int(POINTS)
+    first = curve["points"][0]
+    copy = tmp_path / "first-as-model"
+    shutil.copytree(factor_run, copy)
+    safetensors.torch.save_file(
+        _weights(factor_run / "snapshots" / "minutes-001.safetensors"), str(copy / "model.safetensors")
+    )
+    single = _main(
+        monkeypatch, capsys, "eval", copy, "--disentanglement", "--metric-points", POINTS, "--json", "--no-write"
+    )
+    assert single.returncode == 0, single.stderr
+    one = json.loads(single.stdout)
+    assert all(one[key] == first[key] for key in METRICS) and one["mig_per_factor"] == first["mig_per_factor"]
+    assert curve["points"][-1]["mig"] == curve["points"][-2]["mig"]  # the final model is the last snapshot's weights
+    assert "disentanglement_seconds" not in curve["points"][-1]  # ... evaluated once
+    assert not (factor_run / "figures" / "disentanglement_vs_minutes.png").exists()  # --no-write
+
+    written = _main(monkeypatch, capsys, *args)
+    assert written.returncode == 0, written.stderr
+    assert written.stderr.count("(evaluated before, the same weights)") == 1  # --no-write left no records
+    figure = factor_run / "figures" / "disentanglement_vs_minutes.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (factor_run / "metrics.jsonl").read_text().splitlines()]
+    points = [r for r in records if r.get("kind") == "disentanglement_curve"]
+    assert [(r["snapshot"], r["split"], r["mig"]) for r in points] == [
+        (p["snapshot"], "curve", p["mig"]) for p in curve["points"]
+    ]
+    report = (factor_run / "report.md").read_text()
+    assert "## Disentanglement against training time" in report and "| minutes-001 | 1.00 | " in report
+    again = _main(monkeypatch, capsys, *args)
+    assert again.stderr.count("(evaluated before, the same weights)") == 3
+    assert (factor_run / "metrics.jsonl").read_text().count('"disentanglement_curve"') == 3  # nothing twice
+    assert (factor_run / "report.md").read_text().count("## Disentanglement against training time") == 1
 
 
 @pytest.mark.parametrize(

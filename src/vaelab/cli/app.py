@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 SEED_MAX = 2**63 - 1  # torch's generators take a signed 64-bit seed
 DEFAULT_POINTS = 1_000  # vaelab.eval.disentanglement.DEFAULT_POINTS, not imported: `vaelab --help` stays instant
+NLL_K = 5000  # eval's importance samples unless --k says otherwise (Burda et al.'s)
 
 
 def _print_version(value: bool) -> None:
@@ -416,7 +417,10 @@ def evaluate(
     nll: Annotated[
         bool, typer.Option("--nll", help="Also estimate -log p(x) by importance sampling (IWAE-k, Burda et al.).")
     ] = False,
-    k: Annotated[int, typer.Option("--k", min=1, max=1_000_000, help="Importance samples per image for --nll.")] = 5000,
+    k: Annotated[
+        int | None,
+        typer.Option("--k", min=1, max=1_000_000, help=f"Importance samples per image for --nll [default: {NLL_K}]."),
+    ] = None,
     limit: Annotated[
         int, typer.Option("--limit", min=0, help="Evaluate the first N test images (0 = all); nothing is written.")
     ] = 0,
@@ -457,7 +461,8 @@ def evaluate(
             "--snapshots",
             help="Instead: the IWAE-k NLL (--k, --limit) of each of the run's snapshots (train.snapshot_minutes) "
             "and of its final model against training time: metrics.jsonl records, figures/nll_vs_minutes.png and a "
-            "report section (written with --limit too: each point names its images).",
+            "report section (written with --limit too: each point names its images). With --disentanglement: the "
+            "five disentanglement metrics of each (--metric-points), figures/disentanglement_vs_minutes.png.",
         ),
     ] = False,
     figure_kind: FormatOpt = FigureKind.png,
@@ -466,7 +471,8 @@ def evaluate(
     """Test-set bound (-ELBO, reconstruction, KL, KL per dimension), active units, posterior collapse, kNN and
     logistic-regression probes, silhouette, Fréchet distance of prior samples; with --nll the IWAE-k NLL.
     With --disentanglement, instead, the five disentanglement metrics of the posterior means. With --snapshots,
-    instead, the NLL of each snapshot and of the final model against training minutes.
+    instead, the NLL (or with --disentanglement the five metrics) of each snapshot and of the final model against
+    training minutes.
 
     A run directory gets the results appended to its metrics.jsonl (a record with "kind": "analysis") and an
     "Evaluation" section in its report.md, unless --no-write or --limit; --pretrained models are only printed.
@@ -487,14 +493,18 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     if snapshots:
-        if disentanglement:
-            raise VaelabError("--snapshots and --disentanglement are evaluations of their own: one per call")
         if pretrained is not None or run_dir is None:
             raise VaelabError("--snapshots reads a run directory's snapshots/: give RUN_DIR, not --pretrained")
+        figure_format = _figure_format(figure_kind, dpi)
+        if disentanglement:
+            if nll or limit or k is not None:
+                raise VaelabError(
+                    "--snapshots --disentanglement scores the metrics: --nll, --k and --limit go with NLL"
+                )
+            return _evaluate_snapshot_disentanglement(run_dir, metric_points, seed, no_write, as_json, figure_format)
         if metric_points != DEFAULT_POINTS:
             raise VaelabError("--metric-points goes with --disentanglement")
-        figure_format = _figure_format(figure_kind, dpi)
-        return _evaluate_snapshots(run_dir, k, limit, seed, no_write, as_json, figure_format)
+        return _evaluate_snapshots(run_dir, k or NLL_K, limit, seed, no_write, as_json, figure_format)
     if disentanglement:
         if nll or limit:
             raise VaelabError("--disentanglement is an evaluation of its own: give --nll or --limit in another call")
@@ -502,6 +512,7 @@ def evaluate(
         return _evaluate_disentanglement(run_dir, pretrained, as_json, seed, metric_points, no_write, figure_format)
     if metric_points != DEFAULT_POINTS:
         raise VaelabError("--metric-points goes with --disentanglement")
+    k = NLL_K if k is None else k
     if figure_kind != FigureKind.png or dpi != 110:
         raise VaelabError(
             "--format and --dpi go with --disentanglement or --snapshots (their figures); eval draws no others"
@@ -594,6 +605,44 @@ def _evaluate_snapshots(
         console.print(
             f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a 'Test NLL against training time' "
             "section",
+            markup=False,
+        )
+
+
+def _evaluate_snapshot_disentanglement(
+    run_dir: Path, points: int, seed: int | None, no_write: bool, as_json: bool, figure_format=None
+) -> None:
+    """``eval --snapshots --disentanglement``: the five metrics against training time; see vaelab.experiments.curve."""
+    from vaelab.eval.disentanglement import METRIC_LABELS
+    from vaelab.experiments.curve import disentanglement_curve
+
+    folder = _model_dir(run_dir, None)
+    result = disentanglement_curve(
+        folder,
+        points=points,
+        seed=seed,
+        write=not no_write,
+        figure_format=figure_format,
+        say=lambda line: err_console.print(line, markup=False),
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        title=f"{folder}: disentanglement of the posterior means on {result['dataset']} (seed {result['seed']}) "
+        "against training time"
+    )
+    for column in ("weights", "training minutes", "epochs", *METRIC_LABELS.values()):
+        table.add_column(column, justify="left" if column == "weights" else "right")
+    for p in result["points"]:
+        scores = (f"{p[key]:.3f}" for key in METRIC_LABELS)
+        table.add_row(p["snapshot"], f"{p['training_minutes']:.2f}", f"{p['epochs']:.2f}", *scores)
+    console.print(table)
+    if result["figure"] is not None:
+        console.print(f"figure: {folder / result['figure']}", markup=False)
+        console.print(
+            f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a 'Disentanglement against training "
+            "time' section",
             markup=False,
         )
 
@@ -759,7 +808,7 @@ def reproduce(
     console.print(table)
     scored = [r for r in results if "disentanglement" in r]
     if scored:  # a data set with factors: the five metrics of the posterior means
-        from vaelab.experiments.reproduce import METRIC_LABELS
+        from vaelab.eval.disentanglement import METRIC_LABELS
 
         table = Table(title=f"vaelab reproduce {name}: disentanglement (docs/disentanglement.md)")
         for column in ("experiment", "seed", *METRIC_LABELS.values()):

@@ -12,6 +12,7 @@ seed (in the log, or earlier in the same call: a final model equal to the last s
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -75,29 +76,34 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def curve_record(point: dict[str, Any]) -> dict[str, Any]:
+def curve_record(point: dict[str, Any], kind: str = KIND) -> dict[str, Any]:
     body = {key: value for key, value in point.items() if key not in ("epoch", "split", "kind")}
-    return {"epoch": int(point["epochs_completed"]), "split": SPLIT, "kind": KIND, **body}
+    return {"epoch": int(point["epochs_completed"]), "split": SPLIT, "kind": kind, **body}
 
 
-def evaluate_curve(
+@dataclass(frozen=True)
+class Measure:
+    """What a curve measures of each set of weights: the test NLL, or the disentanglement metrics."""
+
+    kind: str  # the records' "kind"
+    settings: dict[str, Any]  # with the weights, what names a point: an earlier one with the same is reused
+    keys: tuple[str, ...]  # the results an earlier point of the same weights and settings lends
+    measure: Callable[[torch.nn.Module], dict[str, Any]]  # the model (these weights loaded) -> the results
+    doing: str  # the progress line before one evaluation
+    text: Callable[[dict[str, Any]], str]  # a point's results in one line
+    seconds_key: str  # where a point evaluated in this call keeps its seconds
+
+
+def evaluate_weights(
     model: torch.nn.Module,
     weights: list[CurveWeights],
-    test: Batches,
-    k: int,
-    seed: int,
+    measure: Measure,
     earlier: list[dict[str, Any]] | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> list[tuple[dict[str, Any], bool]]:
-    """(point, new) for each of ``weights`` in order: the model with those weights, its IWAE-k NLL on ``test``;
-    ``new`` where it was evaluated in this call rather than read from ``earlier`` records of the same weights,
-    k, images and seed."""
-    images = len(test.images)
-    known = {
-        (r.get("weights_sha256"), r.get("k"), r.get("images"), r.get("seed")): r
-        for r in earlier or []
-        if r.get("kind") == KIND
-    }
+    """(point, new) for each of ``weights`` in order: the model with those weights, ``measure``d; ``new`` where it
+    was evaluated in this call rather than read from ``earlier`` records of the same weights and settings."""
+    known = {_identity(r.get("weights_sha256"), r, measure): r for r in earlier or [] if r.get("kind") == measure.kind}
     out = []
     for number, item in enumerate(weights, 1):
         state = load_snapshot_weights(item.path)
@@ -113,29 +119,64 @@ def evaluate_curve(
             "training_seconds": item.training_seconds,
             "epochs": item.epochs,
             "epochs_completed": item.epochs_completed,
-            "k": k,
-            "images": images,
-            "seed": seed,
+            **measure.settings,
             "weights_sha256": fingerprint,
         }
-        before = known.get((fingerprint, k, images, seed))
+        identity = _identity(fingerprint, point, measure)
+        before = known.get(identity)
         if before is not None:
-            point.update({key: before[key] for key in _ESTIMATE_KEYS if key in before})
-            say(f"{where}: NLL {_nll_text(point)} (evaluated before, the same weights)")
+            point.update({key: before[key] for key in measure.keys if key in before})
+            say(f"{where}: {measure.text(point)} (evaluated before, the same weights)")
             out.append((point, False))
             continue
-        say(f"{where}: NLL, k = {k}, on {images:,} test images")
+        say(f"{where}: {measure.doing}")
         model.load_state_dict(state, strict=True)
         started = time.perf_counter()
-        estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=_progress_lines(images, say))
-        point.update({key: estimate[key] for key in _ESTIMATE_KEYS if key in estimate})
-        if not math.isfinite(point["nll_stderr"]):  # NaN for a single image: JSON has no NaN
-            point["nll_stderr"] = None
-        point["nll_seconds"] = time.perf_counter() - started
-        say(f"  NLL {_nll_text(point)} [{point['nll_seconds']:.1f} s]")
-        known[(fingerprint, k, images, seed)] = point
+        point.update(measure.measure(model))
+        point[measure.seconds_key] = time.perf_counter() - started
+        say(f"  {measure.text(point)} [{point[measure.seconds_key]:.1f} s]")
+        known[identity] = point
         out.append((point, True))
     return out
+
+
+def _identity(fingerprint: str | None, point: dict[str, Any], measure: Measure) -> str:
+    return json.dumps([fingerprint, {key: point.get(key) for key in measure.settings}], sort_keys=True)
+
+
+def nll_measure(test: Batches, k: int, seed: int, say: Callable[[str], None] = lambda line: None) -> Measure:
+    """The IWAE-k NLL on ``test``, as ``vaelab eval --nll`` estimates it with ``seed``."""
+    images = len(test.images)
+
+    def measure(model: torch.nn.Module) -> dict[str, Any]:
+        estimate = estimate_log_likelihood(model, test, k=k, seed=seed, progress=_progress_lines(images, say))
+        result = {key: estimate[key] for key in _ESTIMATE_KEYS if key in estimate}
+        if not math.isfinite(result["nll_stderr"]):  # NaN for a single image: JSON has no NaN
+            result["nll_stderr"] = None
+        return result
+
+    return Measure(
+        KIND,
+        {"k": k, "images": images, "seed": seed},
+        _ESTIMATE_KEYS,
+        measure,
+        f"NLL, k = {k}, on {images:,} test images",
+        lambda point: f"NLL {_nll_text(point)}",
+        "nll_seconds",
+    )
+
+
+def evaluate_curve(
+    model: torch.nn.Module,
+    weights: list[CurveWeights],
+    test: Batches,
+    k: int,
+    seed: int,
+    earlier: list[dict[str, Any]] | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> list[tuple[dict[str, Any], bool]]:
+    """:func:`evaluate_weights` with :func:`nll_measure`: the IWAE-k NLL of each of ``weights`` on ``test``."""
+    return evaluate_weights(model, weights, nll_measure(test, k, seed, say), earlier, say)
 
 
 def _progress_lines(images: int, say: Callable[[str], None]) -> Callable[[int], None]:
@@ -187,9 +228,12 @@ __all__ = [
     "SECTION",
     "SPLIT",
     "CurveWeights",
+    "Measure",
     "curve_record",
     "curve_section",
     "evaluate_curve",
+    "evaluate_weights",
     "final_weights",
+    "nll_measure",
     "weights_fingerprint",
 ]

@@ -353,6 +353,15 @@ METRICS = (
     "dci_completeness",
     "dci_informativeness",
 )
+METRIC_LABELS = {
+    "beta_vae_score": "BetaVAE",
+    "factor_vae_score": "FactorVAE",
+    "mig": "MIG",
+    "sap": "SAP",
+    "dci_disentanglement": "DCI D",
+    "dci_completeness": "DCI C",
+    "dci_informativeness": "DCI I",
+}
 
 
 def all_metrics(
@@ -399,6 +408,7 @@ __all__ = [
     "BINS",
     "DEFAULT_POINTS",
     "METRICS",
+    "METRIC_LABELS",
     "GroundTruth",
     "Sizes",
     "all_metrics",

@@ -20,11 +20,23 @@ import torch
 
 from vaelab.data import ImageDataset, to_unit_float
 from vaelab.errors import VaelabError
-from vaelab.eval.disentanglement import METRICS, Sizes, all_metrics, entropy, mutual_information, sample_codes
+from vaelab.eval.curve import Measure
+from vaelab.eval.disentanglement import (
+    METRIC_LABELS,
+    METRICS,
+    Sizes,
+    all_metrics,
+    entropy,
+    mutual_information,
+    sample_codes,
+)
 from vaelab.eval.summary import replace_section
+from vaelab.io import markdown_figure
 from vaelab.model.base import LatentVariableModel
 
 SECTION = "## Disentanglement"
+CURVE_KIND = "disentanglement_curve"
+CURVE_SECTION = "## Disentanglement against training time"
 ENCODE_BATCH = 1024
 FIGURE_CODES = 10_000  # samples behind the mutual-information figures of `vaelab plot`
 
@@ -146,7 +158,68 @@ def write_disentanglement_section(report: Path, result: dict[str, Any]) -> None:
     replace_section(report, SECTION, lines)
 
 
+CURVE_RESULT_KEYS = (  # what a curve's point keeps of evaluate_disentanglement's result
+    "factors",
+    "latent_dim",
+    *METRICS,
+    "factor_vae_active_dims",
+    "mig_per_factor",
+    "sap_per_factor",
+    "dci_informativeness_train",
+    "metric_seconds",
+)
+
+
+def disentanglement_measure(dataset: ImageDataset, seed: int, sizes: Sizes) -> Measure:
+    """The five metrics of each set of weights, as :func:`evaluate_disentanglement` gives them: the measure of
+    ``vaelab eval RUN --snapshots --disentanglement`` (:func:`vaelab.eval.curve.evaluate_weights`)."""
+
+    def measure(model: torch.nn.Module) -> dict[str, Any]:
+        result = evaluate_disentanglement(model, dataset, seed, sizes)
+        return {key: result[key] for key in CURVE_RESULT_KEYS}
+
+    return Measure(
+        CURVE_KIND,
+        {"dataset": dataset.name, "seed": seed, "metric_sizes": dict(vars(sizes))},
+        CURVE_RESULT_KEYS,
+        measure,
+        f"the five disentanglement metrics on {dataset.name} (seed {seed})",
+        lambda point: ", ".join(f"{label} {point[key]:.3f}" for key, label in METRIC_LABELS.items()),
+        "disentanglement_seconds",
+    )
+
+
+def disentanglement_curve_section(points: list[dict[str, Any]], figure: str | None) -> list[str]:
+    """The report's section: one row per set of weights, the five metrics, and the figure."""
+    first = points[0]
+    lines = [
+        CURVE_SECTION,
+        "",
+        f"`vaelab eval --snapshots --disentanglement`: the five metrics of the posterior means on {first['dataset']} "
+        f"(seed {first['seed']}, {first['metric_sizes']['points_train']:,} training points) of the weights saved every "
+        "`train.snapshot_minutes` of training time and of the final model (docs/disentanglement.md).",
+        "",
+        "| weights | training minutes | epochs | " + " | ".join(METRIC_LABELS.values()) + " |",
+        "|---|---|---|" + "---|" * len(METRIC_LABELS),
+    ]
+    lines += [
+        f"| {p['snapshot']} | {p['training_minutes']:.2f} | {p['epochs']:.2f} | "
+        + " | ".join(f"{p[key]:.3f}" for key in METRIC_LABELS)
+        + " |"
+        for p in points
+    ]
+    best = max(points, key=lambda p: p["mig"])
+    lines += ["", f"Highest MIG: {best['snapshot']}, {best['mig']:.3f} after {best['training_minutes']:.2f} minutes."]
+    if figure:
+        lines += ["", markdown_figure(Path(figure).stem, figure)]
+    return lines
+
+
 __all__ = [
+    "CURVE_KIND",
+    "CURVE_SECTION",
+    "disentanglement_curve_section",
+    "disentanglement_measure",
     "disentanglement_lines",
     "disentanglement_record",
     "evaluate_disentanglement",

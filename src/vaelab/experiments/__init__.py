@@ -450,7 +450,7 @@ def _disent(
     the minibatch-weighted estimate of q(z) costs B^2 a step; at 256 the pilots found the best MIG
     (docs/disentanglement.md). ``train.compile`` fuses that estimate (eager, it costs more than the
     MLPs). Version 1 was Locatello et al.'s conv64 at batch 64, lr 5e-4: MIG 0.074 and 0.042; version 2
-trained in fp32 and kept no snapshots.
+    trained in fp32 and kept no snapshots.
 
     Training stops when ``train.minutes`` (DISENT_MINUTES) is spent, inside an epoch if need be (an
     epoch here is 722,280 images, the training split less its 5,000 validation images);

@@ -28,7 +28,7 @@ from vaelab.errors import VaelabError
 from vaelab.eval import latent_analysis
 from vaelab.eval.analysis import ACTIVE_UNIT_THRESHOLD
 from vaelab.eval.bound import evaluation_seed
-from vaelab.eval.disentanglement import DEFAULT_POINTS, METRICS, Sizes
+from vaelab.eval.disentanglement import DEFAULT_POINTS, METRIC_LABELS, METRICS, Sizes
 from vaelab.eval.summary import frechet_applicable
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
 from vaelab.io import atomic_write_json, atomic_write_text, markdown_figure
@@ -516,17 +516,6 @@ def nll_group_report(group: str, results: list[dict[str, Any]]) -> str:
     best = min(results, key=lambda r: r["test"]["nll"])
     lines += ["", f"Best: **{best['experiment']}** at {best['test']['nll']:.2f} nats.", ""]
     return "\n".join(lines)
-
-
-METRIC_LABELS = {
-    "beta_vae_score": "BetaVAE",
-    "factor_vae_score": "FactorVAE",
-    "mig": "MIG",
-    "sap": "SAP",
-    "dci_disentanglement": "DCI D",
-    "dci_completeness": "DCI C",
-    "dci_informativeness": "DCI I",
-}
 
 
 def _spread(values: list[float], digits: int = 3) -> str:

@@ -637,6 +637,30 @@ def nll_against_minutes(points: Sequence[Mapping], reference: tuple[str, float] 
     return fig
 
 
+def metrics_against_minutes(points: Sequence[Mapping], labels: Mapping[str, str]) -> Figure:
+    """Scores in [0, 1] against training minutes: a line per ``labels`` key (``key: label``) through ``points``
+    (``snapshot``, ``training_minutes`` and the keys); the final model's scores as stars."""
+    if not points:
+        raise VaelabError("no points to draw")
+    fig, ax = _subplots(figsize=(7.5, 4.6))
+    ordered = sorted(points, key=lambda p: p["training_minutes"])
+    xs = [p["training_minutes"] for p in ordered]
+    for number, (key, label) in enumerate(labels.items()):
+        colour = f"C{number}"
+        ax.plot(xs, [p[key] for p in ordered], color=colour, marker="o", markersize=4, label=label)
+        finals = [p for p in ordered if p["snapshot"] == "final"]
+        ax.plot([p["training_minutes"] for p in finals], [p[key] for p in finals], marker="*", markersize=12,
+                markerfacecolor="none", color=colour, linestyle="none")  # fmt: skip
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title("Disentanglement of the posterior means against training time (stars: the final model)")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def reconstructions(model: VAE, x: ArrayLike, n: int = 10) -> Figure:
     """The first ``n`` inputs (top row) above their reconstructions (bottom row)."""
     x = _as_float_images(x)[:n]
