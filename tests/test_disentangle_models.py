@@ -195,6 +195,55 @@ def test_btcvae_on_identical_posteriors_gives_the_estimators_known_offsets():
     torch.testing.assert_close(tc, torch.full((m,), (D - 1) * math.log(n)))
 
 
+def direct_stratified(mu, sigma, z, dataset_size):
+    """log q(z_i) and sum_k log q(z_ik) by Chen et al.'s stratified estimate, written out (float64): the code's
+    own posterior weighs 1/N, each of the other M - 1 (N - 1) / (N (M - 1))."""
+    mu, sigma, z = mu.double(), sigma.double(), z.double()
+    m, n = len(z), dataset_size
+    log_q, log_marginals = [], []
+    for i in range(m):
+        density = Normal(mu, sigma).log_prob(z[i]).exp()  # M x d: q(z_ik | x_j)
+        weights = torch.full((m,), (n - 1) / (n * (m - 1)), dtype=torch.float64)
+        weights[i] = 1 / n
+        log_q.append(math.log((weights * density.prod(1)).sum()))
+        log_marginals.append(sum(math.log((weights * density[:, k]).sum()) for k in range(z.shape[1])))
+    return torch.tensor(log_q, dtype=torch.float64), torch.tensor(log_marginals, dtype=torch.float64)
+
+
+def test_btcvae_stratified_terms_match_the_explicit_stratified_sums():
+    model = tiny()
+    x = torch.rand(5, 1, 8, 8)
+    densities = model.code_densities(x, noise(5))
+    q = model.q_z(x)
+    mi, tc, dim_kl = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, "mss")
+    log_q, log_marginals = direct_stratified(q.loc.detach(), q.scale.detach(), densities.z.detach(), 1000)
+    log_q_given_x = Normal(q.loc, q.scale).log_prob(densities.z).sum(-1).detach().double()
+    torch.testing.assert_close(mi.double(), log_q_given_x - log_q, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tc.double(), log_q - log_marginals, rtol=1e-4, atol=1e-4)
+    log_p = Normal(0.0, 1.0).log_prob(densities.z.detach()).sum(-1).double()
+    torch.testing.assert_close(dim_kl.double(), log_marginals - log_p, rtol=1e-4, atol=1e-4)
+
+
+def test_btcvae_stratified_estimate_is_exact_on_identical_posteriors():
+    """Its weights sum to 1 over the batch: where every posterior is the same, q(z) is that posterior, so MI
+    and TC are 0 (the weighted estimate says log N and (d - 1) log N there)."""
+    m, n = 6, 50
+    z = torch.randn(m, D)
+    log_q_pairs = Normal(torch.zeros(D), torch.ones(D) * 0.7).log_prob(z).unsqueeze(1).expand(m, m, D)
+    mi, tc, _ = BetaTCVAE.decomposition(log_q_pairs, torch.zeros(m, D), n, "mss")
+    torch.testing.assert_close(mi, torch.zeros(m), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tc, torch.zeros(m), atol=1e-5, rtol=0)
+
+
+def test_btcvae_stratified_with_unit_weights_is_still_the_one_sample_elbo():
+    model = tiny()
+    x = torch.rand(7, 1, 8, 8)
+    objective = make_objective("btcvae", tc_estimator="mss")
+    terms = objective(model, x, Context(generators=noise(7).generators, dataset_size=60_000))
+    q, z = model.q_z(x), model.code_densities(x, noise(7)).z
+    torch.testing.assert_close(terms.loss, (terms.reconstruction + q.log_prob(z) - model.p_z().log_prob(z)).mean())
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
@@ -207,6 +256,18 @@ def test_btcvae_refuses_what_does_not_factorise(keys, message):
     model = build_model(ModelConfig(arch="mlp", hidden=[8], latent_dim=D, **keys), (1, 8, 8))
     with pytest.raises(Unsupported, match=message):
         make_objective("btcvae")(model, torch.rand(3, 1, 8, 8), Context(dataset_size=10))
+
+
+def test_the_tc_estimator_is_checked_and_belongs_to_btcvae():
+
+    assert (
+        apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_estimator=mss"]).objective.tc_estimator
+        == "mss"
+    )
+    with pytest.raises(VaelabError, match="objective.tc_estimator must be one of"):
+        apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_estimator=stratified"])
+    with pytest.raises(VaelabError, match="objective.tc_estimator applies to objective.name = btcvae"):
+        apply_overrides(RunConfig(), ["objective.tc_estimator=mss"])
 
 
 def test_btcvae_needs_the_data_set_size_and_the_whole_batch():

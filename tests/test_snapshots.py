@@ -274,6 +274,8 @@ def test_eval_snapshots_refuses_what_it_cannot_do_in_one_line(trained_run, tmp_p
         (["eval", trained_run, "--snapshots", "--disentanglement", "--k", "5"], "--k and --limit go with NLL"),
         (["eval", trained_run, "--snapshots", "--metric-points", "40"], "--metric-points goes with --disentanglement"),
         (["eval", trained_run, "--snapshots", "--disentanglement"], "has no ground-truth factors"),
+        (["eval", trained_run, "--k", "5"], "--k is the NLL's importance samples"),
+        (["eval", trained_run, "--disentanglement", "--k", "5"], "give --nll, --k or --limit in another call"),
         (["eval", tmp_path, "--snapshots"], "is not a vaelab run directory"),
     ):
         result = _main(monkeypatch, capsys, *args)
@@ -360,6 +362,7 @@ def test_the_disentanglement_curve_is_eval_disentanglement_of_each_snapshot(fact
     assert all(one[key] == first[key] for key in METRICS) and one["mig_per_factor"] == first["mig_per_factor"]
     assert curve["points"][-1]["mig"] == curve["points"][-2]["mig"]  # the final model is the last snapshot's weights
     assert "disentanglement_seconds" not in curve["points"][-1]  # ... evaluated once
+    assert "metric_seconds" in first and "metric_seconds" not in curve["points"][-1]
     assert not (factor_run / "figures" / "disentanglement_vs_minutes.png").exists()  # --no-write
 
     written = _main(monkeypatch, capsys, *args)

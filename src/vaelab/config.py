@@ -225,6 +225,8 @@ class ObjectiveConfig(_Keys):
     kl_warmup_epochs: int = 0  # linear KL annealing from 0 to beta over this many epochs
     free_bits: float = 0.0  # elbo: minimum KL per latent dimension, in nats (Kingma et al. 2016)
     alpha: float = 1.0  # btcvae: weight of the index-code mutual information (Chen et al.'s alpha)
+    # btcvae: the estimate of log q(z) from the batch: minibatch weighted (mws) or stratified (mss) sampling, Chen et al.
+    tc_estimator: str = "mws"
     gamma: float = 1.0  # btcvae: weight of the dimension-wise KL (Chen et al.); capacity: of |KL - C| (Burgess et al.)
     capacity_max: float = 25.0  # capacity: C's final value, nats (Burgess et al. on dSprites: 25)
     capacity_steps: int = 100_000  # capacity: optimiser steps over which C grows linearly from 0 (0: C_max at once)
@@ -241,6 +243,7 @@ class ObjectiveConfig(_Keys):
         _check_plain_values(self, "objective")
         _one_of("objective.name", self.name, registry.OBJECTIVES.names())
         _one_of("objective.gradient", self.gradient, ("reparam", "dreg"))
+        _one_of("objective.tc_estimator", self.tc_estimator, TC_ESTIMATORS)
         if self.gradient == "dreg" and self.name != "iwae":
             raise VaelabError(
                 f"objective.gradient = dreg is the IWAE bound's estimator; it means nothing for "
@@ -294,10 +297,13 @@ PART_DEFAULTS = {
 }
 
 
+TC_ESTIMATORS = ("mws", "mss")
+
 # the objectives that read each of these keys; any other objective refuses a value set away from the default
 OBJECTIVE_KEYS = {
     "free_bits": ("elbo",),
     "alpha": ("btcvae",),
+    "tc_estimator": ("btcvae",),
     "gamma": ("btcvae", "capacity"),
     "capacity_max": ("capacity",),
     "capacity_steps": ("capacity",),

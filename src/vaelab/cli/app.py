@@ -506,12 +506,16 @@ def evaluate(
             raise VaelabError("--metric-points goes with --disentanglement")
         return _evaluate_snapshots(run_dir, k or NLL_K, limit, seed, no_write, as_json, figure_format)
     if disentanglement:
-        if nll or limit:
-            raise VaelabError("--disentanglement is an evaluation of its own: give --nll or --limit in another call")
+        if nll or limit or k is not None:
+            raise VaelabError(
+                "--disentanglement is an evaluation of its own: give --nll, --k or --limit in another call"
+            )
         figure_format = _figure_format(figure_kind, dpi)
         return _evaluate_disentanglement(run_dir, pretrained, as_json, seed, metric_points, no_write, figure_format)
     if metric_points != DEFAULT_POINTS:
         raise VaelabError("--metric-points goes with --disentanglement")
+    if k is not None and not nll:
+        raise VaelabError("--k is the NLL's importance samples: it goes with --nll or --snapshots")
     k = NLL_K if k is None else k
     if figure_kind != FigureKind.png or dpi != 110:
         raise VaelabError(

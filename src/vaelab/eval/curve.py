@@ -1,12 +1,15 @@
-"""The test NLL of a run's snapshots and of its final model against training time (``vaelab eval --snapshots``).
+"""A run's snapshots and its final model evaluated against training time (``vaelab eval --snapshots``).
 
-A point: ``snapshot`` (the snapshot's name, or ``final``), ``training_minutes`` (the clock ``train.minutes``
-counts), ``epochs`` (trained, as a fraction where a snapshot fell inside an epoch), ``nll`` and ``nll_stderr``
-(IWAE-k, as ``vaelab eval --nll`` estimates it, with its seed), ``bits_per_dim``, ``k``, ``images``, ``seed`` and
-``weights_sha256`` (of the tensors). :func:`curve_record` makes it a ``metrics.jsonl`` record
-``{"epoch": E, "split": "curve", "kind": "nll_curve", ...}``, E the epochs completed: a split of its own, so that
-readers of the last test record never take a point for it. Weights already evaluated with the same k, images and
-seed (in the log, or earlier in the same call: a final model equal to the last snapshot) are not evaluated again.
+:func:`evaluate_weights` loads each set of weights into the model and applies a :class:`Measure`: the test NLL
+(:func:`nll_measure`, this module) or the disentanglement metrics (``vaelab.eval.factor_eval``). A point:
+``snapshot`` (the snapshot's name, or ``final``), ``training_minutes`` (the clock ``train.minutes`` counts),
+``epochs`` (trained, as a fraction where a snapshot fell inside an epoch), the measure's settings and results (the
+NLL's: ``nll`` and ``nll_stderr`` (IWAE-k, as ``vaelab eval --nll`` estimates it, with its seed), ``bits_per_dim``,
+``k``, ``images``, ``seed``) and ``weights_sha256`` (of the tensors). :func:`curve_record` makes it a
+``metrics.jsonl`` record ``{"epoch": E, "split": "curve", "kind": KIND, ...}``, E the epochs completed: a split
+of its own, so that readers of the last test record never take a point for it. Weights already measured with the
+same settings (in the log, or earlier in the same call: a final model equal to the last snapshot) are not
+measured again.
 """
 
 from __future__ import annotations

@@ -196,27 +196,46 @@ class BetaTCVAE(Objective):
         MI_i = log q(z_i | x_i) - log q(z_i),  TC_i = log q(z_i) - sum_k log q(z_ik),
         dimKL_i = sum_k log q(z_ik) - log p(z_i),
 
-    with log q(z_i) and log q(z_ik) estimated by minibatch weighted sampling over the batch of M codes
-    drawn from a data set of N examples (their eq. and their code's ``mss=False`` branch):
+    with log q(z_i) and log q(z_ik) estimated from the batch of M codes drawn from a data set of N
+    examples, by minibatch weighted sampling (``estimator = "mws"``: their eq. and their code's ``mss=False``
+    branch)
 
-        log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M),   likewise per dimension.
+        log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M),   likewise per dimension,
+
+    or by minibatch stratified sampling (``"mss"``, the idea of their appendix): z_i was drawn from x_i's
+    posterior and the other M - 1 examples stand for the other N - 1, so
+
+        log q(z_i) ~ log [ q(z_i | x_i) / N + (N - 1) / (N (M - 1)) sum_(j != i) q(z_i | x_j) ],
+
+    likewise per dimension. (Their code's ``_log_importance_weight_matrix``, copied by other libraries, puts
+    the 1/N in the first column rather than on the diagonal: rtqichen/beta-tcvae PR #1.)
 
     With alpha = beta = gamma = 1 the three sum to log q(z_i | x_i) - log p(z_i): the plain ELBO's
     one-sample KL. N is the training set's size, from the step's Context. A KL warm-up scales all three.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, estimator: str = "mws") -> None:
+        self.alpha, self.beta, self.gamma, self.estimator = alpha, beta, gamma, estimator
+
+    @staticmethod
+    def log_weights(batch: int, dataset_size: int, estimator: str = "mws") -> torch.Tensor:
+        """log W (B x B): the weight of q(z_i | x_j) in the estimate of q(z_i); each row sums to 1 for mss,
+        to 1/N for mws (whose M terms each stand for the N examples at once)."""
+        n, m = dataset_size, batch
+        if estimator == "mws" or m < 2:
+            return torch.full((m, m), -math.log(n * m))
+        others = math.log(n - 1) - math.log(n * (m - 1)) if n > 1 else -math.inf  # N = 1: no others
+        return torch.full((m, m), others).fill_diagonal_(-math.log(n))
 
     @staticmethod
     def decomposition(
-        log_q_pairs: torch.Tensor, log_p: torch.Tensor, dataset_size: int
+        log_q_pairs: torch.Tensor, log_p: torch.Tensor, dataset_size: int, estimator: str = "mws"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(MI_i, TC_i, dimKL_i) per example from log q(z_ik | x_j) (B x B x d) and log p(z_ik) (B x d)."""
-        log_nm = math.log(dataset_size * len(log_q_pairs))
+        log_w = BetaTCVAE.log_weights(len(log_q_pairs), dataset_size, estimator).to(log_q_pairs)
         log_q_given_x = log_q_pairs.diagonal(dim1=0, dim2=1).sum(0)  # [i, i, :] summed: log q(z_i | x_i)
-        log_q = torch.logsumexp(log_q_pairs.sum(-1), 1) - log_nm  # log q(z_i)
-        log_q_marginals = (torch.logsumexp(log_q_pairs, 1) - log_nm).sum(-1)  # sum_k log q(z_ik)
+        log_q = torch.logsumexp(log_w + log_q_pairs.sum(-1), 1)  # log q(z_i)
+        log_q_marginals = torch.logsumexp(log_w.unsqueeze(-1) + log_q_pairs, 1).sum(-1)  # sum_k log q(z_ik)
         return log_q_given_x - log_q, log_q - log_q_marginals, log_q_marginals - log_p.sum(-1)
 
     def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
@@ -226,7 +245,7 @@ class BetaTCVAE(Objective):
             raise VaelabError("objective.name = btcvae needs the training set's size N (Context.dataset_size)")
         densities = model.code_densities(x, ctx)
         parts = densities.parts
-        mi, tc, dim_kl = self.decomposition(densities.log_q_pairs, densities.log_p, ctx.dataset_size)
+        mi, tc, dim_kl = self.decomposition(densities.log_q_pairs, densities.log_p, ctx.dataset_size, self.estimator)
         penalised = self.alpha * mi + self.beta * tc + self.gamma * dim_kl
         loss = (parts.reconstruction + ctx.kl_weight * penalised).mean() + _penalty(parts)
         extra = {**parts.extra, "mutual_information": mi, "total_correlation": tc, "dimension_kl": dim_kl}
@@ -323,10 +342,12 @@ def _capacity(config) -> CapacityELBO:
 
 
 @OBJECTIVES.register(
-    "btcvae", "beta-TCVAE (Chen et al.): alpha MI + beta TC + gamma dimension-wise KL, minibatch weighted sampling"
+    "btcvae",
+    "beta-TCVAE (Chen et al.): alpha MI + beta TC + gamma dimension-wise KL; q(z) by minibatch weighted or "
+    "stratified sampling (tc_estimator)",
 )
 def _btcvae(config) -> BetaTCVAE:
-    return BetaTCVAE(config.alpha, config.beta, config.gamma)
+    return BetaTCVAE(config.alpha, config.beta, config.gamma, config.tc_estimator)
 
 
 def build_objective(config):

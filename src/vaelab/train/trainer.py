@@ -902,7 +902,7 @@ def _objective_setting(key: str, value: Any) -> str:
     """``, key value`` for the report's objective line; a list as [a, b], an empty one (not in use) left out."""
     if isinstance(value, list):
         return f", {key} [{', '.join(v if isinstance(v, str) else f'{v:g}' for v in value)}]" if value else ""
-    return f", {key} {value:g}"
+    return f", {key} {value}" if isinstance(value, str) else f", {key} {value:g}"
 
 
 def write_run_report(run_dir: Path, config: RunConfig, records: list[dict[str, Any]], figures: list[Path]) -> None:
