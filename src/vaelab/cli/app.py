@@ -595,21 +595,37 @@ def _evaluate_snapshots(
         print(json.dumps(result))
         return
     how = result["points"][0].get("nll_note") or f"IWAE, k = {k}"
-    table = Table(title=f"{folder}: test NLL ({how}, {result['images']:,} images) against training time")
-    for column in ("weights", "training minutes", "epochs", "NLL (nats)", "± s.e."):
+    reference = result["reference"]
+    _print_curve(
+        folder,
+        result,
+        f"{folder}: test NLL ({how}, {result['images']:,} images) against training time",
+        {"NLL (nats)": lambda p: f"{p['nll']:.2f}", "± s.e.": lambda p: _stderr_text(p["nll_stderr"])},
+        "Test NLL against training time",
+        [] if reference is None else [f"{reference['label']}: {reference['nll']:.2f}"],
+    )
+
+
+def _stderr_text(stderr: float | None) -> str:
+    return "n/a" if stderr is None else f"{stderr:.2f}"
+
+
+def _print_curve(folder: Path, result: dict, title: str, cells: dict, section: str, notes: list[str]) -> None:
+    """A curve's table (a row per snapshot and the final model; ``cells``: column -> its text of a point), the
+    ``notes`` under it, and where its figure and report section went."""
+    table = Table(title=title)
+    for column in ("weights", "training minutes", "epochs", *cells):
         table.add_column(column, justify="left" if column == "weights" else "right")
     for p in result["points"]:
-        stderr = "n/a" if p["nll_stderr"] is None else f"{p['nll_stderr']:.2f}"
-        table.add_row(p["snapshot"], f"{p['training_minutes']:.2f}", f"{p['epochs']:.2f}", f"{p['nll']:.2f}", stderr)
+        texts = (text(p) for text in cells.values())
+        table.add_row(p["snapshot"], f"{p['training_minutes']:.2f}", f"{p['epochs']:.2f}", *texts)
     console.print(table)
-    if result["reference"] is not None:
-        console.print(f"{result['reference']['label']}: {result['reference']['nll']:.2f}", markup=False)
+    for line in notes:
+        console.print(line, markup=False)
     if result["figure"] is not None:
         console.print(f"figure: {folder / result['figure']}", markup=False)
         console.print(
-            f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a 'Test NLL against training time' "
-            "section",
-            markup=False,
+            f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a '{section}' section", markup=False
         )
 
 
@@ -632,23 +648,15 @@ def _evaluate_snapshot_disentanglement(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(
-        title=f"{folder}: disentanglement of the posterior means on {result['dataset']} (seed {result['seed']}) "
-        "against training time"
+    _print_curve(
+        folder,
+        result,
+        f"{folder}: disentanglement of the posterior means on {result['dataset']} (seed {result['seed']}) against "
+        "training time",
+        {label: (lambda p, key=key: f"{p[key]:.3f}") for key, label in METRIC_LABELS.items()},
+        "Disentanglement against training time",
+        [],
     )
-    for column in ("weights", "training minutes", "epochs", *METRIC_LABELS.values()):
-        table.add_column(column, justify="left" if column == "weights" else "right")
-    for p in result["points"]:
-        scores = (f"{p[key]:.3f}" for key in METRIC_LABELS)
-        table.add_row(p["snapshot"], f"{p['training_minutes']:.2f}", f"{p['epochs']:.2f}", *scores)
-    console.print(table)
-    if result["figure"] is not None:
-        console.print(f"figure: {folder / result['figure']}", markup=False)
-        console.print(
-            f"appended to {folder / 'metrics.jsonl'}; {folder / 'report.md'} has a 'Disentanglement against training "
-            "time' section",
-            markup=False,
-        )
 
 
 def _evaluate_disentanglement(
