@@ -23,6 +23,7 @@ from vaelab.errors import VaelabError
 from vaelab.model import BetaTCVAE, CapacityELBO, Context, Shard, Unsupported, build_model, make_objective
 from vaelab.model.factorvae import FactorVAE, permute_dims
 from vaelab.model.factorvae.model import DISCRIMINATOR_BETAS
+from vaelab.model.objectives import build_objective
 from vaelab.nets.conv64 import Conv64Decoder, Conv64Encoder
 
 SHAPE = (1, 64, 64)
@@ -233,6 +234,31 @@ def test_btcvae_stratified_estimate_is_exact_on_identical_posteriors():
     mi, tc, _ = BetaTCVAE.decomposition(log_q_pairs, torch.zeros(m, D), n, "mss")
     torch.testing.assert_close(mi, torch.zeros(m), atol=1e-5, rtol=0)
     torch.testing.assert_close(tc, torch.zeros(m), atol=1e-5, rtol=0)
+
+
+def test_btcvae_stratified_weights_are_one_over_n_on_the_diagonal_and_sum_to_one():
+    log_w = BetaTCVAE.stratified_log_weights(5, 100)
+    w = log_w.double().exp()
+    torch.testing.assert_close(w.diagonal(), torch.full((5,), 1 / 100, dtype=torch.float64))
+    torch.testing.assert_close(w[0, 1:], torch.full((4,), 99 / (100 * 4), dtype=torch.float64))
+    torch.testing.assert_close(w.sum(1), torch.ones(5, dtype=torch.float64))
+    assert BetaTCVAE.stratified_log_weights(1, 100).exp().item() == 1.0  # a batch of one: its own code
+    assert BetaTCVAE.stratified_log_weights(3, 1).exp().diagonal().tolist() == [1.0, 1.0, 1.0]  # N = 1: no others
+    with pytest.raises(ValueError, match="estimator must be one of mws, mss"):
+        BetaTCVAE(estimator="MWS")
+
+
+def test_the_configured_estimator_is_the_one_that_trains():
+    model = tiny()
+    x = torch.rand(6, 1, 8, 8)
+    ctx = Context(generators=noise(6).generators, dataset_size=1000)
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_estimator="mss"))
+    terms = objective(model, x, ctx)
+    densities = model.code_densities(x, noise(6))
+    _, tc, _ = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, "mss")
+    _, tc_weighted, _ = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, "mws")
+    torch.testing.assert_close(terms.extra["total_correlation"], tc)
+    assert not torch.allclose(tc, tc_weighted)
 
 
 def test_btcvae_stratified_with_unit_weights_is_still_the_one_sample_elbo():

@@ -275,7 +275,7 @@ def test_eval_snapshots_refuses_what_it_cannot_do_in_one_line(trained_run, tmp_p
         (["eval", trained_run, "--snapshots", "--metric-points", "40"], "--metric-points goes with --disentanglement"),
         (["eval", trained_run, "--snapshots", "--disentanglement"], "has no ground-truth factors"),
         (["eval", trained_run, "--k", "5"], "--k is the NLL's importance samples"),
-        (["eval", trained_run, "--disentanglement", "--k", "5"], "give --nll, --k or --limit in another call"),
+        (["eval", trained_run, "--disentanglement", "--k", "5"], "give --nll (with --k) or --limit in another call"),
         (["eval", tmp_path, "--snapshots"], "is not a vaelab run directory"),
     ):
         result = _main(monkeypatch, capsys, *args)

@@ -508,7 +508,7 @@ def evaluate(
     if disentanglement:
         if nll or limit or k is not None:
             raise VaelabError(
-                "--disentanglement is an evaluation of its own: give --nll, --k or --limit in another call"
+                "--disentanglement is an evaluation of its own: give --nll (with --k) or --limit in another call"
             )
         figure_format = _figure_format(figure_kind, dpi)
         return _evaluate_disentanglement(run_dir, pretrained, as_json, seed, metric_points, no_write, figure_format)

@@ -154,6 +154,7 @@ def _measure_and_report(
         "title": experiment.title,
         "run_dir": run_dir.name,  # relative to the folder of runs: no machine's absolute path
         "seed": config.train.seed,
+        "precision": config.train.precision,  # the recipe's, or fp32 where the CPU has no native bf16
         "epochs": meta.get("epochs_trained", config.train.epochs),
         "modified": _comparable(config, seed=False) != _comparable(experiment.config()[0], seed=False),
         "train_seconds": train_seconds,

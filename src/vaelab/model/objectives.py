@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vaelab.config import TC_ESTIMATORS
 from vaelab.core.registry import OBJECTIVES
 from vaelab.errors import VaelabError
 from vaelab.model.base import Context, ElboParts, Terms
@@ -215,27 +216,37 @@ class BetaTCVAE(Objective):
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, estimator: str = "mws") -> None:
+        if estimator not in TC_ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
         self.alpha, self.beta, self.gamma, self.estimator = alpha, beta, gamma, estimator
 
     @staticmethod
-    def log_weights(batch: int, dataset_size: int, estimator: str = "mws") -> torch.Tensor:
-        """log W (B x B): the weight of q(z_i | x_j) in the estimate of q(z_i); each row sums to 1 for mss,
-        to 1/N for mws (whose M terms each stand for the N examples at once)."""
+    def stratified_log_weights(batch: int, dataset_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """log W (B x B) of mss: the weight of q(z_i | x_j) in the estimate of q(z_i), 1/N on the diagonal and
+        (N - 1) / (N (B - 1)) off it, each row summing to 1; a batch of one has only its own code (weight 1)."""
         n, m = dataset_size, batch
-        if estimator == "mws" or m < 2:
-            return torch.full((m, m), -math.log(n * m))
+        options = {"dtype": like.dtype, "device": like.device} if like is not None else {}
+        if m == 1:
+            return torch.zeros((1, 1), **options)
         others = math.log(n - 1) - math.log(n * (m - 1)) if n > 1 else -math.inf  # N = 1: no others
-        return torch.full((m, m), others).fill_diagonal_(-math.log(n))
+        return torch.full((m, m), others, **options).fill_diagonal_(-math.log(n))
 
     @staticmethod
     def decomposition(
         log_q_pairs: torch.Tensor, log_p: torch.Tensor, dataset_size: int, estimator: str = "mws"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(MI_i, TC_i, dimKL_i) per example from log q(z_ik | x_j) (B x B x d) and log p(z_ik) (B x d)."""
-        log_w = BetaTCVAE.log_weights(len(log_q_pairs), dataset_size, estimator).to(log_q_pairs)
         log_q_given_x = log_q_pairs.diagonal(dim1=0, dim2=1).sum(0)  # [i, i, :] summed: log q(z_i | x_i)
-        log_q = torch.logsumexp(log_w + log_q_pairs.sum(-1), 1)  # log q(z_i)
-        log_q_marginals = torch.logsumexp(log_w.unsqueeze(-1) + log_q_pairs, 1).sum(-1)  # sum_k log q(z_ik)
+        if estimator == "mws":
+            log_nm = math.log(dataset_size * len(log_q_pairs))
+            log_q = torch.logsumexp(log_q_pairs.sum(-1), 1) - log_nm  # log q(z_i)
+            log_q_marginals = (torch.logsumexp(log_q_pairs, 1) - log_nm).sum(-1)  # sum_k log q(z_ik)
+        elif estimator == "mss":
+            log_w = BetaTCVAE.stratified_log_weights(len(log_q_pairs), dataset_size, log_q_pairs)
+            log_q = torch.logsumexp(log_w + log_q_pairs.sum(-1), 1)
+            log_q_marginals = torch.logsumexp(log_w.unsqueeze(-1) + log_q_pairs, 1).sum(-1)
+        else:
+            raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
         return log_q_given_x - log_q, log_q - log_q_marginals, log_q_marginals - log_p.sum(-1)
 
     def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
