@@ -59,6 +59,8 @@ def test_the_experiments_are_the_papers_models_on_dsprites():
 def test_results_carry_the_five_metrics(runs):
     out, first, _ = runs
     assert first["run_dir"] == "disent-btcvae" and first["seed"] == 0
+    # the precision it trained in: the recipe's bf16 where this CPU has it natively, else fp32
+    assert first["precision"] == EXPERIMENTS["disent-btcvae"].config()[0].train.precision
     on_disk = json.loads((out / "disent-btcvae" / "results.json").read_text())
     for result in (first, on_disk):
         scores = result["disentanglement"]
