@@ -106,7 +106,7 @@ def evaluate_weights(
 ) -> list[tuple[dict[str, Any], bool]]:
     """(point, new) for each of ``weights`` in order: the model with those weights, ``measure``d; ``new`` where it
     was evaluated in this call rather than read from ``earlier`` records of the same weights and settings."""
-    known = {_identity(r.get("weights_sha256"), r, measure): r for r in earlier or [] if r.get("kind") == measure.kind}
+    known = {point_identity(r, measure): r for r in earlier or [] if r.get("kind") == measure.kind}
     out = []
     for number, item in enumerate(weights, 1):
         state = load_snapshot_weights(item.path)
@@ -125,7 +125,7 @@ def evaluate_weights(
             **measure.settings,
             "weights_sha256": fingerprint,
         }
-        identity = _identity(fingerprint, point, measure)
+        identity = point_identity(point, measure)
         before = known.get(identity)
         if before is not None:
             point.update({key: before[key] for key in measure.keys if key in before})
@@ -143,8 +143,12 @@ def evaluate_weights(
     return out
 
 
-def _identity(fingerprint: str | None, point: dict[str, Any], measure: Measure) -> str:
-    return json.dumps([fingerprint, {key: point.get(key) for key in measure.settings}], sort_keys=True)
+def point_identity(point: dict[str, Any], measure: Measure, named: bool = False) -> str:
+    """A point's weights and settings (``named``: and its snapshot's name) as one comparable string."""
+    name = [point.get("snapshot")] if named else []
+    return json.dumps(
+        [*name, point.get("weights_sha256"), {key: point.get(key) for key in measure.settings}], sort_keys=True
+    )
 
 
 def nll_measure(test: Batches, k: int, seed: int, say: Callable[[str], None] = lambda line: None) -> Measure:
@@ -238,5 +242,6 @@ __all__ = [
     "evaluate_weights",
     "final_weights",
     "nll_measure",
+    "point_identity",
     "weights_fingerprint",
 ]

@@ -9,7 +9,6 @@ same for an experiment that declares ``nll_curve``. A run still training (no ``m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -27,6 +26,7 @@ from vaelab.eval.curve import (
     evaluate_weights,
     final_weights,
     nll_measure,
+    point_identity,
 )
 from vaelab.eval.disentanglement import DEFAULT_POINTS, METRIC_LABELS, Sizes
 from vaelab.eval.factor_eval import (
@@ -73,8 +73,10 @@ class _Curve:
         """The points; with ``write``, those not yet in the run's log appended to it."""
         points = [point for point, _ in evaluate_weights(model, self.weights, measure, self.records, say)]
         if write:
-            logged = {_identity(r, measure) for r in self.records if r.get("kind") == measure.kind}
-            new = [curve_record(p, measure.kind) for p in points if _identity(p, measure) not in logged]
+            logged = {point_identity(r, measure, named=True) for r in self.records if r.get("kind") == measure.kind}
+            new = [
+                curve_record(p, measure.kind) for p in points if point_identity(p, measure, named=True) not in logged
+            ]
             if new:
                 self.run.append(*new)
         return points
@@ -161,11 +163,6 @@ def disentanglement_curve(
         "points": evaluated,
         "figure": figure,
     }
-
-
-def _identity(point: dict[str, Any], measure: Measure) -> str:
-    named = [point.get("snapshot"), point.get("weights_sha256"), {key: point.get(key) for key in measure.settings}]
-    return json.dumps(named, sort_keys=True)
 
 
 def _draw(run: RunDir, figure: Any, name: str, figure_format: Any) -> str:
