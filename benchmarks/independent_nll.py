@@ -106,7 +106,7 @@ def main() -> None:
     model, data = meta["config"]["model"], meta["config"]["data"]
     if model["prior"] != "standard" or model["likelihood"] != "bernoulli":
         raise SystemExit("this check covers the standard normal prior with a Bernoulli likelihood")
-    w = load_file(args.run_dir / "model.safetensors")
+    w = {name: t.float() for name, t in load_file(args.run_dir / "model.safetensors").items()}  # float16 too
     activation = {"tanh": torch.tanh, "relu": F.relu}.get(model["activation"])
     if model["arch"] == "mlp":
         encode = lambda x: mlp(w, "encoder.net.1.", x.flatten(1), activation)  # noqa: E731

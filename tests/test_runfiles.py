@@ -90,7 +90,8 @@ def test_every_shipped_model_json_reads(tmp_path):
 
     for name in pretrained.available():
         meta = read_model_json(pretrained.path(name))
-        assert meta["format_version"] == 1 and meta["image_shape"] == [1, 28, 28], name
+        shape = [1, 64, 64] if meta["config"]["data"]["name"] == "dsprites" else [1, 28, 28]
+        assert meta["format_version"] == 1 and meta["image_shape"] == shape, name
 
 
 @pytest.mark.parametrize(
@@ -230,6 +231,20 @@ def test_weights_that_do_not_fit_the_model_are_refused(model_dir, edit, match):
     edit(state)
     _write_state(model_dir, state)
     _refused(model_dir, match)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_weights_stored_at_half_precision_load_widened_and_non_finite_ones_are_refused(model_dir, half):
+    state = _state(model_dir)
+    _write_state(model_dir, {name: t.to(half) if t.is_floating_point() else t for name, t in state.items()})
+    model, _, _ = load_model(model_dir)
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == state[name].dtype and torch.equal(tensor, state[name].to(half).to(tensor.dtype)), name
+    assert any(not torch.equal(state[n].to(half).float(), state[n]) for n in state)  # the rounding is real
+    stored = _state(model_dir)
+    stored[_first_weight(stored)][0, 0] = float("inf")
+    _write_state(model_dir, stored)
+    _refused(model_dir, "NaN or inf in")
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "missing"])

@@ -2,7 +2,9 @@
 
 No pickle: loading a file from someone else cannot run code. Both files may come from anyone, so
 everything in them is checked before it is used: the description before a network is built from
-it, every tensor's name, shape, dtype and finiteness before it becomes a weight.
+it, every tensor's name, shape, dtype and finiteness before it becomes a weight. Weights may be stored
+at half precision (float16 or bfloat16, as some shipped models are, to halve the file): they are widened to
+float32, exactly, when loaded.
 """
 
 from __future__ import annotations
@@ -114,8 +116,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise VaelabError(f"{path} does not exist") from None
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise VaelabError(f"{path} is not a readable safetensors file ({one_line(err)})") from None
+    state = {name: widened(tensor) for name, tensor in state.items()}
     check_state(model, state, str(path))
     model.load_state_dict(state, strict=True)
+
+
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """A float16 or bfloat16 tensor as float32 (every value exactly representable); any other unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
