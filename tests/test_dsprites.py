@@ -65,6 +65,20 @@ def test_each_factor_changes_the_image_as_its_name_says():
     assert not np.array_equal(_draw(0), _draw(1)) and not np.array_equal(_draw(1), _draw(2))
 
 
+def test_rendered_sprites_are_the_made_tables_images_for_the_same_factors():
+    table = load_dataset("dsprites-small").ground_truth
+    rendered = dsprites.RenderedSprites(VARIANTS["dsprites-small"])
+    assert rendered.sizes == table.sizes and rendered.names == table.names
+    rng = np.random.default_rng(3)
+    classes = rendered.sample_factors(300, rng)
+    assert classes.shape == (300, len(table.sizes)) and (classes < np.asarray(table.sizes)).all()
+    assert torch.equal(rendered.observations(classes), table.observations(classes))
+    # the same draws as the table's for the same generator: the metrics see the same samples
+    assert np.array_equal(
+        table.sample_factors(50, np.random.default_rng(4)), rendered.sample_factors(50, np.random.default_rng(4))
+    )
+
+
 def test_dsprites_small_is_made_once_cached_with_checksums_and_labelled(isolated_cache):
     data = load_dataset("dsprites-small")
     folder = isolated_cache / "dsprites" / f"dsprites-small-v{dsprites.GENERATOR_VERSION}"

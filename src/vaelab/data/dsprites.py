@@ -35,7 +35,7 @@ import torch
 
 from vaelab.core.memory import require_memory
 from vaelab.data import datasets
-from vaelab.data.factors import Factor, FactorImages
+from vaelab.data.factors import Factor, FactorGrid, FactorImages
 from vaelab.data.sources import cache_dir, sha256_of_file, verify_digest
 from vaelab.errors import VaelabError
 from vaelab.io import atomic_write, atomic_write_json, require_regular_file
@@ -146,6 +146,18 @@ class Variant:
             return grey[:, None]
         rgb = np.asarray([COLOURS[c] for c in self.colours], dtype=np.uint16)[classes[:, 0]]  # N x 3
         return (grey[:, None].astype(np.uint16) * rgb[:, :, None, None] // 255).astype(np.uint8)
+
+
+class RenderedSprites(FactorGrid):
+    """A variant's images drawn when asked for, from their factor classes: the same images as its made table's
+    :class:`FactorImages` gives (both come from :meth:`Variant.draw`), without making the table first."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        self.factors = variant.factors()
+
+    def observations(self, classes: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.variant.draw(np.asarray(classes)))
 
 
 VARIANTS = {
@@ -453,4 +465,14 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["PUBLISHED_FILE", "SHAPES", "VARIANTS", "Variant", "convert_published", "generate", "inside", "render"]
+__all__ = [
+    "PUBLISHED_FILE",
+    "SHAPES",
+    "VARIANTS",
+    "RenderedSprites",
+    "Variant",
+    "convert_published",
+    "generate",
+    "inside",
+    "render",
+]

@@ -30,7 +30,29 @@ class Factor:
         return len(self.values)
 
 
-class FactorImages:
+class FactorGrid:
+    """Every combination of some factors' classes, drawn uniformly: what a disentanglement metric samples."""
+
+    factors: tuple[Factor, ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(f.size for f in self.factors)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.factors)
+
+    @property
+    def num_factors(self) -> int:
+        return len(self.factors)
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` x K classes, each factor uniform and independent (so each image equally likely)."""
+        return np.stack([rng.integers(0, size, n) for size in self.sizes], axis=1)
+
+
+class FactorImages(FactorGrid):
     """Images holding every combination of the factors' classes once, found by their classes.
 
     ``images`` is N x C x H x W uint8 (in memory or a view of a memory map), ``classes`` N x K integers
@@ -59,22 +81,6 @@ class FactorImages:
         if (self._row_of < 0).any():
             raise VaelabError(f"the factor classes repeat a combination: not every one of {sizes} appears once")
 
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(f.size for f in self.factors)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.factors)
-
-    @property
-    def num_factors(self) -> int:
-        return len(self.factors)
-
-    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` x K classes, each factor uniform and independent (so each image equally likely)."""
-        return np.stack([rng.integers(0, size, n) for size in self.sizes], axis=1)
-
     def rows(self, classes: np.ndarray) -> np.ndarray:
         """The rows of ``images`` holding the combinations ``classes`` (n x K)."""
         return self._row_of[np.ravel_multi_index(tuple(np.asarray(classes).T), self.sizes)]
@@ -84,4 +90,4 @@ class FactorImages:
         return self.images[torch.from_numpy(self.rows(classes))]
 
 
-__all__ = ["Factor", "FactorImages"]
+__all__ = ["Factor", "FactorGrid", "FactorImages"]
