@@ -73,10 +73,6 @@ def test_rendered_sprites_are_the_made_tables_images_for_the_same_factors():
     classes = rendered.sample_factors(300, rng)
     assert classes.shape == (300, len(table.sizes)) and (classes < np.asarray(table.sizes)).all()
     assert torch.equal(rendered.observations(classes), table.observations(classes))
-    # the same draws as the table's for the same generator: the metrics see the same samples
-    assert np.array_equal(
-        table.sample_factors(50, np.random.default_rng(4)), rendered.sample_factors(50, np.random.default_rng(4))
-    )
 
 
 def test_dsprites_small_is_made_once_cached_with_checksums_and_labelled(isolated_cache):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TINY_RUN_RECORDS, tiny_config
+from vaelab.data.dsprites import VARIANTS
 from vaelab.errors import VaelabError
 from vaelab.model import build_vae, load_model, save_model
 from vaelab.model.store import MODEL_JSON_LIMIT, read_model_json
@@ -90,7 +91,8 @@ def test_every_shipped_model_json_reads(tmp_path):
 
     for name in pretrained.available():
         meta = read_model_json(pretrained.path(name))
-        shape = [1, 64, 64] if meta["config"]["data"]["name"] == "dsprites" else [1, 28, 28]
+        data = meta["config"]["data"]["name"]
+        shape = [VARIANTS[data].channels, 64, 64] if data in VARIANTS else [1, 28, 28]
         assert meta["format_version"] == 1 and meta["image_shape"] == shape, name
 
 

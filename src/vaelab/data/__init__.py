@@ -11,13 +11,14 @@ from vaelab.data.datasets import (
     register_npz,
     registered_names,
 )
-from vaelab.data.factors import Factor, FactorImages
+from vaelab.data.factors import Factor, FactorGrid, FactorImages
 from vaelab.data.idx import parse_idx, read_idx, write_idx
 
 __all__ = [
     "Batch",
     "Batches",
     "Factor",
+    "FactorGrid",
     "FactorImages",
     "ImageDataset",
     "binarize_fixed",

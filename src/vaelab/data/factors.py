@@ -4,7 +4,8 @@ A data set made from known factors of variation (dSprites: shape, scale, orienta
 every combination of their values exactly once. :class:`FactorImages` is that table seen from the
 factors' side: draw factor classes, get the images that have them. It is what the disentanglement
 metrics sample from (``sample_factors`` then ``observations``), as disentanglement_lib's
-``GroundTruthData`` is.
+``GroundTruthData`` is; :class:`FactorGrid` is its factor side alone, which ``RenderedSprites`` (dSprites
+drawn on demand) shares.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class FactorGrid:
     def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` x K classes, each factor uniform and independent (so each image equally likely)."""
         return np.stack([rng.integers(0, size, n) for size in self.sizes], axis=1)
+
+    def observations(self, classes: np.ndarray) -> torch.Tensor:
+        """The uint8 images with the factor classes ``classes`` (n x K), in that order."""
+        raise NotImplementedError
 
 
 class FactorImages(FactorGrid):

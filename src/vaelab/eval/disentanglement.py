@@ -21,7 +21,8 @@ the defaults here; docs/disentanglement.md writes them down with the papers' def
   the majority-vote classifier.
 
 The last two draw their own observations: they take a ground truth (anything with ``sizes``,
-``sample_factors(n, rng)`` and ``observations(classes)``, as :class:`vaelab.data.FactorImages`) and a
+``sample_factors(n, rng)`` and ``observations(classes)``, as :class:`vaelab.data.FactorImages` or
+:class:`vaelab.data.dsprites.RenderedSprites`) and a
 representation function from observations to N x d codes.
 """
 

@@ -119,6 +119,12 @@ def normalised(result: dict[str, Any]) -> np.ndarray:
     return np.asarray(result["mutual_information"]) / np.asarray(result["factor_entropy"])
 
 
+def disentanglement_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The five metrics of an evaluation and how they were drawn: what a results.json keeps of it."""
+    kept = (*METRICS, "metric_sizes", "factor_vae_active_dims", "disentanglement_seconds", "seed")
+    return {key: result[key] for key in kept}
+
+
 def disentanglement_record(result: dict[str, Any], epoch: int) -> dict[str, Any]:
     """The ``metrics.jsonl`` record of one evaluation (the result without the model's name)."""
     body = {key: value for key, value in result.items() if key not in ("model", "split", "epoch", "kind")}

@@ -28,7 +28,7 @@ from vaelab.errors import VaelabError
 from vaelab.eval import latent_analysis
 from vaelab.eval.analysis import ACTIVE_UNIT_THRESHOLD
 from vaelab.eval.bound import evaluation_seed
-from vaelab.eval.disentanglement import DEFAULT_POINTS, METRIC_LABELS, METRICS, Sizes
+from vaelab.eval.disentanglement import DEFAULT_POINTS, METRIC_LABELS, Sizes
 from vaelab.eval.summary import frechet_applicable
 from vaelab.experiments import EXPERIMENTS, GROUPS, Experiment, expand, get_experiment
 from vaelab.io import atomic_write_json, atomic_write_text, markdown_figure
@@ -256,6 +256,7 @@ def _disentanglement(
     them (record, report section, figures); an earlier record of the same epoch, seed and sizes is reused."""
     from vaelab.eval.factor_eval import (
         disentanglement_record,
+        disentanglement_summary,
         evaluate_disentanglement,
         normalised,
         write_disentanglement_section,
@@ -281,11 +282,7 @@ def _disentanglement(
     paths = write_disentanglement_figures(
         model, run.figures, test_split.images[:10], normalised(result), result["factors"], False, figure_format
     )
-    scores = {key: result[key] for key in METRICS}
-    scores.update(
-        {key: result[key] for key in ("metric_sizes", "factor_vae_active_dims", "disentanglement_seconds", "seed")}
-    )
-    return scores, paths
+    return disentanglement_summary(result), paths
 
 
 def published_nll_of_run(run_dir: Path) -> tuple[str, float] | None:

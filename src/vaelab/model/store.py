@@ -116,14 +116,19 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise VaelabError(f"{path} does not exist") from None
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise VaelabError(f"{path} is not a readable safetensors file ({one_line(err)})") from None
-    state = {name: widened(tensor) for name, tensor in state.items()}
-    check_state(model, state, str(path))
-    model.load_state_dict(state, strict=True)
+    check_state(model, widened(state, model.state_dict()), str(path))
+    model.load_state_dict(widened(state, model.state_dict()), strict=True)
 
 
-def widened(tensor: torch.Tensor) -> torch.Tensor:
-    """A float16 or bfloat16 tensor as float32 (every value exactly representable); any other unchanged."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+def widened(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each float16 or bfloat16 tensor that stands for a float32 one widened to float32 (every
+    value exactly representable); any other unchanged, so a mismatch is still named as it is in the file.
+    Checkpoints and snapshots are never stored halved: their loading checks dtypes as they are."""
+    half = (torch.float16, torch.bfloat16)
+    return {
+        name: t.float() if t.dtype in half and name in expected and expected[name].dtype == torch.float32 else t
+        for name, t in state.items()
+    }
 
 
 def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
