@@ -20,7 +20,9 @@ import vaelab.train.trainer as trainer_module
 from tests.conftest import in_process_cli as _main
 from tests.conftest import tiny_config
 from vaelab.errors import VaelabError
+from vaelab.eval.curve import final_weights
 from vaelab.eval.disentanglement import METRICS
+from vaelab.model.store import read_model_json
 from vaelab.runs import RunDir
 from vaelab.runs.snapshots import list_snapshots, mark_name, read_snapshot
 from vaelab.train import Trainer
@@ -103,6 +105,11 @@ def test_a_budget_with_snapshots_trains_the_same_steps_and_ends_on_its_mark(tmp_
     trainer.fit(progress=False)
     assert len(calls) == 10  # 75 s of 7.5 s steps, as without snapshots
     assert [s[0] for s in _snapshots(run_dir)] == ["minutes-000.5", "minutes-001.0"]
+    # the budget ended epoch 2 after 2 of its 8 steps: the final model stands at 1.25 epochs, 1 completed
+    records = RunDir(run_dir).records()
+    assert [r.get("fraction_trained") for r in records if r["split"] == "train"] == [None, 0.25]
+    final = final_weights(run_dir / "model.safetensors", read_model_json(run_dir), records)
+    assert (final.epochs, final.epochs_completed) == (1.25, 1)
 
 
 def test_a_resume_neither_duplicates_nor_loses_snapshots(tmp_path, clock):

@@ -61,12 +61,12 @@ class CurveWeights:
 
 def final_weights(path: Path, meta: dict[str, Any], records: list[dict[str, Any]]) -> CurveWeights:
     """The final model (``model.safetensors``) as a point: the training time of the epochs its weights are from
-    (``train.keep_best``: the kept epoch's)."""
+    (``train.keep_best``: the kept epoch's), the last as the fraction trained where ``train.minutes`` ended it."""
     epochs = int(meta.get("kept_epoch", meta.get("epochs_trained", 0)))
-    seconds = sum(
-        r.get("seconds", 0.0) for r in records if r["split"] == "train" and "kind" not in r and r["epoch"] <= epochs
-    )
-    return CurveWeights("final", path, float(seconds), float(epochs), epochs)
+    train = [r for r in records if r["split"] == "train" and "kind" not in r and r["epoch"] <= epochs]
+    seconds = sum(r.get("seconds", 0.0) for r in train)
+    fraction = next((r.get("fraction_trained", 1.0) for r in reversed(train) if r["epoch"] == epochs), 1.0)
+    return CurveWeights("final", path, float(seconds), epochs - 1 + fraction, epochs - (fraction < 1.0))
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:

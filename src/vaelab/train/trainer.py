@@ -466,6 +466,8 @@ class Trainer:
             "lr": lr,
             **extra_means,
         }
+        if step + 1 < steps:  # train.minutes ran out inside the epoch: how much of it the weights saw
+            metrics["fraction_trained"] = (step + 1) / steps
         if train.keras_log:
             keras = (sums[3:6] / steps).tolist()
             metrics.update(
