@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -326,6 +327,12 @@ def test_reproduce_draws_the_curve_for_an_experiment_that_declares_it(tmp_path, 
     assert again.returncode == 0, again.stderr
     assert "paper: 500.00" in again.stdout and again.stderr.count("(evaluated before, the same weights)") == 5
 
+    # an experiment with a target (best-mnist's kind) draws the target, not a paper's number
+    monkeypatch.setitem(EXPERIMENTS, "curve-tiny", replace(EXPERIMENTS["curve-tiny"], published={}, target_nll=450.0))
+    third = _main(monkeypatch, capsys, "eval", run_dir, "--snapshots", "--k", K, "--limit", LIMIT)
+    assert third.returncode == 0, third.stderr
+    assert "target: 450.00" in third.stdout and "paper" not in third.stdout
+
 
 # --- vaelab eval --snapshots --disentanglement ----------------------------------------------------------------------
 
@@ -388,6 +395,18 @@ def test_the_disentanglement_curve_is_eval_disentanglement_of_each_snapshot(fact
     assert again.stderr.count("(evaluated before, the same weights)") == 3
     assert (factor_run / "metrics.jsonl").read_text().count('"disentanglement_curve"') == 3  # nothing twice
     assert (factor_run / "report.md").read_text().count("## Disentanglement against training time") == 1
+
+
+def test_best_mnist_is_burda_vae_2ls_recipe_for_two_hours_with_snapshots_and_its_curve():
+    from vaelab.experiments import EXPERIMENTS
+    from vaelab.experiments.reproduce import _comparable
+
+    best, vae = EXPERIMENTS["best-mnist"], EXPERIMENTS["burda-vae-2l"]
+    config, recipe = _comparable(best.make_config()), _comparable(vae.make_config())
+    assert (config["train"].pop("minutes"), config["train"].pop("snapshot_minutes")) == (118.0, 15.0)
+    recipe["train"].pop("minutes"), recipe["train"].pop("snapshot_minutes")
+    assert config == recipe
+    assert best.nll_k == 5000 and best.nll_curve == (1000, 2000) and best.nll_reference() == ("target", 82.0)
 
 
 @pytest.mark.parametrize(

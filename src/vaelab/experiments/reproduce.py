@@ -216,13 +216,12 @@ def _measure_and_report(
         from vaelab.experiments.curve import nll_curve
 
         k, images = experiment.nll_curve
-        published = experiment.published.get("nll")
         curve = nll_curve(
             run_dir,
             k=k,
             limit=images,
             figure_format=figure_format,
-            reference=None if published is None else ("paper", published),
+            reference=experiment.nll_reference(),
             say=lambda line: console.print(f"{name}: {line}", markup=False),
         )
         result["nll_curve"] = {key: curve[key] for key in ("k", "images", "seed", "points")}
@@ -286,8 +285,9 @@ def _disentanglement(
 
 
 def published_nll_of_run(run_dir: Path) -> tuple[str, float] | None:
-    """("paper", NLL) where the run is an experiment's with a published NLL: named in its results.json, or by its
-    folder's name (NAME or NAME-seedS) with the experiment's config (threads, device, precision and seed aside)."""
+    """("paper", NLL) or ("target", NLL) (:meth:`Experiment.nll_reference`) where the run is an experiment's: named
+    in its results.json, or by its folder's name (NAME or NAME-seedS) with the experiment's config (threads,
+    device, precision and seed aside)."""
     run = RunDir(run_dir)
     name = None
     if run.own(RESULTS).is_file():
@@ -309,8 +309,7 @@ def published_nll_of_run(run_dir: Path) -> tuple[str, float] | None:
             raw["train"].pop("precision", None)  # the recipe's falls back to fp32 where bf16 is slow
         if recipe != ours:
             return None
-    published = EXPERIMENTS[name].published.get("nll")
-    return None if published is None else ("paper", float(published))
+    return EXPERIMENTS[name].nll_reference()
 
 
 def _machine(meta: dict[str, Any]) -> dict[str, Any]:
