@@ -185,6 +185,27 @@ def test_btcvae_weighs_each_term_on_its_own():
     torch.testing.assert_close(weighted.loss, (expected + 2.0 * e["dimension_kl"]).mean())
 
 
+@pytest.mark.parametrize(
+    ("step", "tc_weight", "dim_kl_weight"),
+    [(0, 0.0, 0.1), (250, 1.5, 0.6), (950, 5.7, 2.0), (1000, 6.0, 2.0), (5000, 6.0, 2.0)],
+)
+def test_btcvae_anneals_as_chen_et_als_code_does(step, tc_weight, dim_kl_weight):
+    """Their anneal_kl: beta * min(1, s / S) on the TC and (1 - max(0, 0.95 - s / S)) on the dimension-wise KL."""
+    model = tiny()
+    x = torch.rand(4, 1, 8, 8)
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, gamma=2.0, tc_anneal_steps=1000))
+    assert objective.weights(step) == pytest.approx((tc_weight, dim_kl_weight))
+    terms = objective(model, x, Context(generators=noise(4).generators, dataset_size=100, step=step))
+    e = terms.extra
+    expected = terms.reconstruction + e["mutual_information"] + tc_weight * e["total_correlation"]
+    torch.testing.assert_close(terms.loss, (expected + dim_kl_weight * e["dimension_kl"]).mean())
+
+
+def test_btcvae_without_annealing_ignores_the_step():
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, gamma=2.0))
+    assert objective.weights(0) == objective.weights(10**6) == (6.0, 2.0)
+
+
 def test_btcvae_on_identical_posteriors_gives_the_estimators_known_offsets():
     """Every code under every example's posterior alike: log q(z_i) = log q(z_i|x) - log N, so the
     minibatch weighted estimate says MI = log N and TC = (d - 1) log N (it weighs each code 1/(NM))."""
@@ -294,6 +315,10 @@ def test_the_tc_estimator_is_checked_and_belongs_to_btcvae():
         apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_estimator=stratified"])
     with pytest.raises(VaelabError, match="objective.tc_estimator applies to objective.name = btcvae"):
         apply_overrides(RunConfig(), ["objective.tc_estimator=mss"])
+    with pytest.raises(VaelabError, match="objective.tc_anneal_steps applies to objective.name = btcvae"):
+        apply_overrides(RunConfig(), ["objective.tc_anneal_steps=7000"])
+    with pytest.raises(VaelabError, match="objective.tc_anneal_steps must be"):
+        apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_anneal_steps=-1"])
 
 
 def test_btcvae_needs_the_data_set_size_and_the_whole_batch():
