@@ -186,16 +186,18 @@ def test_btcvae_weighs_each_term_on_its_own():
 
 
 @pytest.mark.parametrize(
-    ("step", "tc_weight", "dim_kl_weight"),
-    [(0, 0.0, 0.1), (250, 1.5, 0.6), (950, 5.7, 2.0), (1000, 6.0, 2.0), (5000, 6.0, 2.0)],
+    ("iteration", "tc_weight", "dim_kl_weight"),
+    [(1, 0.006, 0.102), (250, 1.5, 0.6), (950, 5.7, 2.0), (1000, 6.0, 2.0), (5000, 6.0, 2.0)],
 )
-def test_btcvae_anneals_as_chen_et_als_code_does(step, tc_weight, dim_kl_weight):
-    """Their anneal_kl: beta * min(1, s / S) on the TC and (1 - max(0, 0.95 - s / S)) on the dimension-wise KL."""
+def test_btcvae_anneals_as_chen_et_als_code_does(iteration, tc_weight, dim_kl_weight):
+    """Their anneal_kl at iteration i (1 at the first step): beta * min(1, i / S) on the TC and
+    (1 - max(0, 0.95 - i / S)) on the dimension-wise KL."""
     model = tiny()
     x = torch.rand(4, 1, 8, 8)
     objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, gamma=2.0, tc_anneal_steps=1000))
-    assert objective.weights(step) == pytest.approx((tc_weight, dim_kl_weight))
-    terms = objective(model, x, Context(generators=noise(4).generators, dataset_size=100, step=step))
+    assert objective.weights(iteration) == pytest.approx((tc_weight, dim_kl_weight))
+    ctx = Context(generators=noise(4).generators, dataset_size=100, step=iteration - 1)  # the steps before it
+    terms = objective(model, x, ctx)
     e = terms.extra
     expected = terms.reconstruction + e["mutual_information"] + tc_weight * e["total_correlation"]
     torch.testing.assert_close(terms.loss, (expected + dim_kl_weight * e["dimension_kl"]).mean())

@@ -249,6 +249,19 @@ def test_weights_stored_at_half_precision_load_widened_and_non_finite_ones_are_r
     _refused(model_dir, "NaN or inf in")
 
 
+def test_only_what_stands_for_a_float32_tensor_is_widened():
+    from vaelab.model.store import check_state, widened
+
+    module = torch.nn.Module()
+    module.register_buffer("count", torch.zeros(3, dtype=torch.int64))
+    module.register_buffer("weight", torch.zeros(3))
+    state = widened({"count": torch.zeros(3, dtype=torch.float16), "weight": torch.ones(3, dtype=torch.float16)},
+                    module.state_dict())  # fmt: skip
+    assert state["weight"].dtype == torch.float32 and state["count"].dtype == torch.float16
+    with pytest.raises(VaelabError, match="count is float16 of shape \\[3\\]; the model needs int64"):
+        check_state(module, state, "file")
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "missing"])
 def test_a_damaged_safetensors_file_is_refused(model_dir, damage):
     path = model_dir / "model.safetensors"

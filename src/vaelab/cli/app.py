@@ -578,7 +578,7 @@ def _evaluate_snapshots(
 ) -> None:
     """``eval --snapshots``: an evaluation of its own, like --disentanglement; see vaelab.experiments.curve."""
     from vaelab.experiments.curve import nll_curve
-    from vaelab.experiments.reproduce import published_nll_of_run
+    from vaelab.experiments.reproduce import nll_reference_of_run
 
     folder = _model_dir(run_dir, None)
     result = nll_curve(
@@ -588,7 +588,7 @@ def _evaluate_snapshots(
         seed=seed,
         write=not no_write,
         figure_format=figure_format,
-        reference=published_nll_of_run(folder),
+        reference=nll_reference_of_run(folder),
         say=lambda line: err_console.print(line, markup=False),
     )
     if as_json:

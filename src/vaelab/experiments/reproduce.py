@@ -284,7 +284,7 @@ def _disentanglement(
     return disentanglement_summary(result), paths
 
 
-def published_nll_of_run(run_dir: Path) -> tuple[str, float] | None:
+def nll_reference_of_run(run_dir: Path) -> tuple[str, float] | None:
     """("paper", NLL) or ("target", NLL) (:meth:`Experiment.nll_reference`) where the run is an experiment's: named
     in its results.json, or by its folder's name (NAME or NAME-seedS) with the experiment's config (threads,
     device, precision and seed aside)."""

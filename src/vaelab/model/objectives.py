@@ -92,6 +92,11 @@ class ELBO(Objective):
         return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, parts.extra)
 
 
+def ramp(step: int, steps: int) -> float:
+    """A linear schedule's progress after ``step`` of ``steps``: 0 to 1, then 1 (at once where steps = 0)."""
+    return 1.0 if steps == 0 else min(1.0, step / steps)
+
+
 @dataclass(frozen=True)
 class PartCapacity:
     """One part's term of the per-part capacity loss: gamma |E_x[KL_part] - C|, C growing linearly from 0 to
@@ -102,8 +107,7 @@ class PartCapacity:
     steps: int
 
     def capacity(self, step: int, bound: float = math.inf) -> float:
-        done = 1.0 if self.steps == 0 else min(1.0, step / self.steps)
-        return min(self.maximum * done, bound)
+        return min(self.maximum * ramp(step, self.steps), bound)
 
 
 class CapacityELBO(Objective):
@@ -138,8 +142,7 @@ class CapacityELBO(Objective):
 
     def capacity(self, step: int) -> float:
         """C after ``step`` optimiser steps, nats."""
-        done = 1.0 if self.capacity_steps == 0 else min(1.0, step / self.capacity_steps)
-        return self.capacity_max * done
+        return self.capacity_max * ramp(step, self.capacity_steps)
 
     def part_capacities(self, model, step: int) -> dict[str, float]:
         """Each part's C after ``step`` optimiser steps, capped at what the part can hold, nats."""
@@ -213,9 +216,10 @@ class BetaTCVAE(Objective):
 
     With alpha = beta = gamma = 1 the three sum to log q(z_i | x_i) - log p(z_i): the plain ELBO's
     one-sample KL. N is the training set's size, from the step's Context. A KL warm-up scales all three;
-    ``anneal_steps`` > 0 is instead the warm-up of Chen et al.'s code (``anneal_kl``, 7,000 steps for dSprites):
-    the TC weight rises from 0 and the dimension-wise KL's from 0.05 of gamma, linearly in the optimiser step,
-    to beta and gamma at ``anneal_steps`` (:meth:`weights`); the mutual information's stays alpha.
+    besides it, ``anneal_steps`` > 0 is the optional warm-up of Chen et al.'s code (``anneal_kl`` with
+    ``--beta-anneal --lambda-anneal``, 7,000 steps for dSprites): the TC weight rises from 0 and the
+    dimension-wise KL's from 0.05 of gamma, linearly in the step, to beta and gamma at ``anneal_steps``
+    (:meth:`weights`); the mutual information's stays alpha.
     """
 
     def __init__(
@@ -226,12 +230,12 @@ class BetaTCVAE(Objective):
         self.alpha, self.beta, self.gamma, self.estimator = alpha, beta, gamma, estimator
         self.anneal_steps = anneal_steps
 
-    def weights(self, step: int) -> tuple[float, float]:
-        """(TC weight, dimension-wise KL weight) at optimiser step ``step``."""
+    def weights(self, iteration: int) -> tuple[float, float]:
+        """(TC weight, dimension-wise KL weight) at the ``iteration``-th optimiser step, counted from 1 as theirs."""
         if not self.anneal_steps:
             return self.beta, self.gamma
-        ramp = min(1.0, step / self.anneal_steps)
-        return self.beta * ramp, self.gamma * min(1.0, 0.05 + ramp)
+        done = ramp(iteration, self.anneal_steps)
+        return self.beta * done, self.gamma * min(1.0, 0.05 + done)
 
     @staticmethod
     def stratified_log_weights(batch: int, dataset_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -270,7 +274,7 @@ class BetaTCVAE(Objective):
         densities = model.code_densities(x, ctx)
         parts = densities.parts
         mi, tc, dim_kl = self.decomposition(densities.log_q_pairs, densities.log_p, ctx.dataset_size, self.estimator)
-        beta, gamma = self.weights(ctx.step)
+        beta, gamma = self.weights(ctx.step + 1)  # ctx.step: the steps before this one
         penalised = self.alpha * mi + beta * tc + gamma * dim_kl
         loss = (parts.reconstruction + ctx.kl_weight * penalised).mean() + _penalty(parts)
         extra = {**parts.extra, "mutual_information": mi, "total_correlation": tc, "dimension_kl": dim_kl}

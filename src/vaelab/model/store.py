@@ -116,8 +116,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise VaelabError(f"{path} does not exist") from None
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise VaelabError(f"{path} is not a readable safetensors file ({one_line(err)})") from None
-    check_state(model, widened(state, model.state_dict()), str(path))
-    model.load_state_dict(widened(state, model.state_dict()), strict=True)
+    state = widened(state, model.state_dict())
+    check_state(model, state, str(path))
+    model.load_state_dict(state, strict=True)
 
 
 def widened(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

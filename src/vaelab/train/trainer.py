@@ -737,7 +737,7 @@ class Trainer:
     def _extra_names(record: dict[str, Any]) -> list[str]:
         """A record's extra terms: the family's named numbers beside the standard ones."""
         standard = {"epoch", "split", "stage", "total", "reconstruction", "kl", "kl_per_dim", "seconds"}
-        standard |= {"images_per_second", "lr"}
+        standard |= {"images_per_second", "lr", "fraction_trained"}
         return [k for k, v in record.items() if k not in standard and isinstance(v, float)]
 
     def _stop_if_diverged(self, records: list[dict[str, Any]], kept: str = "", epoch: int | None = None) -> None:
