@@ -203,6 +203,25 @@ def test_btcvae_anneals_as_chen_et_als_code_does(iteration, tc_weight, dim_kl_we
     torch.testing.assert_close(terms.loss, (expected + dim_kl_weight * e["dimension_kl"]).mean())
 
 
+def test_the_trainer_hands_the_warm_up_every_step_once_in_order(tmp_path, monkeypatch):
+    import vaelab.train.trainer as trainer_module
+    from tests.conftest import tiny_config
+    from vaelab.train import Trainer
+
+    seen = []
+
+    class RecordingStep(trainer_module.TrainStep):
+        def __call__(self, *args, step=0, **kwargs):
+            seen.append(step)
+            return super().__call__(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "TrainStep", RecordingStep)
+    config = tiny_config("objective.name=btcvae", "objective.beta=6.0", "objective.tc_anneal_steps=5")
+    trainer = Trainer(config, tmp_path / "run", figures=False)
+    trainer.fit(progress=False)
+    assert seen == list(range(len(seen))) and len(seen) > 5  # steps 0, 1, ... across epochs: iterations 1, 2, ...
+
+
 def test_btcvae_without_annealing_ignores_the_step():
     objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, gamma=2.0))
     assert objective.weights(0) == objective.weights(10**6) == (6.0, 2.0)
