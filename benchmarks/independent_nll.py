@@ -28,10 +28,17 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def mlp(weights: dict[str, torch.Tensor], prefix: str, h: torch.Tensor, activation) -> torch.Tensor:
+    """Linear layers with ``activation`` between them; a layer with running statistics after a Linear
+    is its batch normalisation (``model.batch_norm``), applied as at test time before the activation."""
     layers = sorted({int(k.split(".")[-2]) for k in weights if k.startswith(prefix)})
-    for n, index in enumerate(layers):
+    linears = [i for i in layers if f"{prefix}{i}.running_mean" not in weights]
+    for n, index in enumerate(linears):
         h = F.linear(h, weights[f"{prefix}{index}.weight"], weights[f"{prefix}{index}.bias"])
-        if n < len(layers) - 1:
+        if f"{prefix}{index + 1}.running_mean" in weights:
+            norm = f"{prefix}{index + 1}."
+            h = (h - weights[norm + "running_mean"]) / (weights[norm + "running_var"] + 1e-5).sqrt()
+            h = h * weights[norm + "weight"] + weights[norm + "bias"]
+        if n < len(linears) - 1:
             h = activation(h)
     return h
 

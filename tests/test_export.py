@@ -212,8 +212,9 @@ def test_example_probe_reads_encode_npz_and_learns_the_labels(monkeypatch, capsy
 HIERARCHY = (8, 6, 3)  # three layers: the encoder passes two layers' means up, the decoder two down
 
 
-def _hierarchy(inference: str):
+def _hierarchy(inference: str, batch_norm: bool = False):
     config = ModelConfig(
+        batch_norm=batch_norm,
         family="hierarchical",
         arch="mlp",
         hidden=[32],
@@ -224,16 +225,25 @@ def _hierarchy(inference: str):
         inference=inference,
     )
     torch.manual_seed(0)
-    return build_model(config, (1, 28, 28)).eval()
+    model = build_model(config, (1, 28, 28)).eval()
+    with torch.no_grad():  # statistics as if trained, so that test-time batch norm is not the identity
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            norm.running_mean.normal_(0, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    return model
 
 
-@pytest.mark.parametrize("inference", ["bottom-up", "ladder"])
-def test_a_hierarchy_exports_its_top_layers_encoder_and_decoder(inference, tmp_path, mnist):
+@pytest.mark.parametrize(
+    "inference, batch_norm",
+    [("bottom-up", False), ("ladder", False), ("ladder", True)],
+    ids=["bottom-up", "ladder", "ladder-batch-norm"],
+)
+def test_a_hierarchy_exports_its_top_layers_encoder_and_decoder(inference, batch_norm, tmp_path, mnist):
     from vaelab.data import to_unit_float
     from vaelab.export import export_part
     from vaelab.model import Context
 
-    model = _hierarchy(inference)
+    model = _hierarchy(inference, batch_norm)
     x = to_unit_float(mnist.x_test[:16])
     z = torch.randn(16, HIERARCHY[-1], generator=torch.Generator().manual_seed(0))
     files = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
+from safetensors.torch import load_file
 
 from vaelab.config import RunConfig
 from vaelab.distributions.posteriors.diagonal import DiagonalNormal
@@ -24,8 +25,11 @@ INFERENCES = ("bottom-up", "ladder")
 SIZES = (8, 4)
 
 
-def hierarchical_config(inference: str = "bottom-up", sizes: tuple[int, ...] = SIZES) -> RunConfig:
+def hierarchical_config(
+    inference: str = "bottom-up", sizes: tuple[int, ...] = SIZES, batch_norm: bool = False
+) -> RunConfig:
     config = RunConfig()
+    config.model.batch_norm = batch_norm
     config.model.family = "hierarchical"
     config.model.arch = "mlp"
     config.model.hidden = [32]
@@ -37,9 +41,16 @@ def hierarchical_config(inference: str = "bottom-up", sizes: tuple[int, ...] = S
     return config.validate()
 
 
-def build(inference: str, sizes: tuple[int, ...] = SIZES, seed: int = 0):
+def build(inference: str, sizes: tuple[int, ...] = SIZES, seed: int = 0, batch_norm: bool = False):
     torch.manual_seed(seed)
-    return build_model(hierarchical_config(inference, sizes).model, (1, 28, 28)).eval()
+    model = build_model(hierarchical_config(inference, sizes, batch_norm).model, (1, 28, 28)).eval()
+    with torch.no_grad():  # batch norms as if trained: statistics and scales away from 0 and 1
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            for tensor in (norm.running_mean, norm.bias):
+                tensor.normal_(0, 0.5)
+            for tensor in (norm.running_var, norm.weight):
+                tensor.uniform_(0.5, 2.0)
+    return model
 
 
 def images(n: int = 5, seed: int = 1) -> torch.Tensor:
@@ -90,22 +101,25 @@ def test_the_ladder_merge_is_the_product_of_the_two_gaussians():
     assert log_ratio.std() < 1e-4
 
 
+@pytest.mark.parametrize("batch_norm", [False, True])
 @pytest.mark.parametrize("inference", INFERENCES)
-def test_the_log_weights_match_a_plain_pytorch_density(inference):
+def test_the_log_weights_match_a_plain_pytorch_density(inference, batch_norm):
     """The model's log p(x, z_1..L) - log q(z_1..L | x) against benchmarks/independent_nll.py's, written out
-    term by term from the saved weights, with the very same noise (per-example generators)."""
+    term by term from the saved weights, with the very same noise (per-example generators); with batch
+    normalisation, its test-time form (running statistics) written out there too."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import independent_nll
     finally:
         sys.path.pop(0)
-    model, x = build(inference, (8, 6, 3)), images(3)
+    model, x = build(inference, (8, 6, 3), batch_norm=batch_norm), images(3)
     k, width = 7, 8 + 6 + 3
     ctx = Context(generators=[torch.Generator().manual_seed(10 + b) for b in range(len(x))])
     with torch.no_grad():
         ours = model.log_weights(x, k, ctx).log_w
         weights = model.state_dict()
-        described = hierarchical_config(inference, (8, 6, 3)).to_dict()["model"]
+        assert batch_norm == any(name.endswith("running_mean") for name in weights)
+        described = hierarchical_config(inference, (8, 6, 3), batch_norm).to_dict()["model"]
         for b in range(len(x)):
             eps = torch.randn((k, width), generator=torch.Generator().manual_seed(10 + b))
             theirs = independent_nll.hierarchical_log_weights(
@@ -118,6 +132,33 @@ def test_the_log_weights_match_a_plain_pytorch_density(inference):
                 torch.tanh,
             )
             torch.testing.assert_close(ours[:, b], theirs, rtol=1e-5, atol=1e-3)
+
+
+def test_batch_norm_trains_on_the_batchs_statistics_and_tests_on_the_running_ones():
+    model, x = build("ladder", batch_norm=True), images(32)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    # every hidden layer of every MLP: encoder and decoder (one each), up and down (one each)
+    assert len(norms) == 4
+    first = norms[0]
+    before = first.running_mean.clone()
+    seen = []
+    handle = first.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+    model.train()
+    with torch.no_grad():
+        model.elbo(x, Context())
+    h, out = seen[-1]
+    normalised = (out - first.bias) / first.weight
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(h.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalised.var(0, unbiased=False), torch.ones(h.shape[1]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(first.running_mean, 0.9 * before + 0.1 * h.mean(0))
+    # one image in training (a last batch, a shard of one) is normalised as at test time, not refused
+    with torch.no_grad():
+        single = model.elbo(x[:1], Context(generators=[torch.Generator().manual_seed(4)]))
+        model.eval()
+        tested = model.elbo(x[:1], Context(generators=[torch.Generator().manual_seed(4)]))
+    handle.remove()
+    torch.testing.assert_close(single.reconstruction, tested.reconstruction)
+    torch.testing.assert_close(single.kl, tested.kl)
 
 
 def test_what_the_family_refuses():
@@ -133,6 +174,10 @@ def test_what_the_family_refuses():
         build_model(config.model, (1, 28, 28))
     with pytest.raises(VaelabError, match="model.inference must be one of"):
         config.model.inference = "sideways"
+        config.validate()
+    config = hierarchical_config(batch_norm=True)
+    config.model.arch = "conv"
+    with pytest.raises(VaelabError, match="model.batch_norm = true needs model.arch = mlp"):
         config.validate()
 
 
@@ -322,13 +367,25 @@ QUICK = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("inference", INFERENCES)
+@pytest.mark.parametrize(
+    "inference, extra",
+    [
+        ("bottom-up", []),
+        ("ladder", []),
+        # Sønderby et al.'s ladder: batch normalisation in the MLPs and a KL warm-up
+        ("ladder", ["--set", "model.batch_norm=true", "--set", "objective.kl_warmup_epochs=1"]),
+    ],
+    ids=["bottom-up", "ladder", "ladder-batch-norm"],
+)
 def test_a_run_from_the_cli_has_per_layer_analysis_and_an_nll_the_independent_check_agrees_with(
-    tmp_path, run_cli, cli_env, inference
+    tmp_path, run_cli, cli_env, inference, extra
 ):
     run = tmp_path / "run"
-    trained = run_cli("train", "--out", run, *QUICK, "--set", f"model.inference={inference}", timeout=300)
+    trained = run_cli("train", "--out", run, *QUICK, "--set", f"model.inference={inference}", *extra, timeout=300)
     assert trained.returncode == 0, trained.stderr
+    if extra:  # the trained statistics are what the run stores
+        stored = load_file(run / "model.safetensors")
+        assert stored["up.0.1.running_var"].ne(1).all() and stored["up.0.1.num_batches_tracked"] > 0
     figures = {p.name for p in (run / "figures").iterdir()}
     assert {"top_fixed_samples.png", "layer_reconstructions.png", "samples.png"} <= figures
     evaluated = run_cli("eval", run, "--json", "--no-write", "--fd-samples", "200", timeout=300)

@@ -111,6 +111,7 @@ class ModelConfig(_Keys):
     latent_dim: int = 2
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp only
     activation: str = "relu"  # mlp only
+    batch_norm: bool = False  # mlp only: batch normalisation before each hidden activation (and the hierarchy's MLPs)
     posterior: str = "diagonal"
     prior: str = "standard"  # standard | correlated | learnable | mog | vamp (vaelab list)
     prior_cov: list[list[float]] = field(default_factory=list)  # correlated only; [] = the study's default
@@ -144,6 +145,8 @@ class ModelConfig(_Keys):
         _at_least("model.latent_dim", self.latent_dim, 1)
         _widths("model.hidden", self.hidden)
         _one_of("model.activation", self.activation, registry.ACTIVATIONS.names())
+        if self.batch_norm and self.arch != "mlp":
+            raise VaelabError(f"model.batch_norm = true needs model.arch = mlp (its hidden layers), got {self.arch}")
         _one_of("model.posterior", self.posterior, registry.POSTERIORS.names())
         _one_of("model.prior", self.prior, registry.PRIORS.names())
         _one_of("model.prior_sampling", self.prior_sampling, ("posterior", "study"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vaelab.core.registry import ACTIVATIONS, ARCHITECTURES
@@ -27,22 +28,43 @@ def _activation(name: str) -> nn.Module:
     return nn.ReLU(inplace=True) if name == "relu" else ACTIVATIONS.get(name)()
 
 
-def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
-    """Linear layers through ``widths`` with ``activation`` between them (none after the last)."""
+class BatchNorm(nn.BatchNorm1d):
+    """Batch normalisation of the last dimension over all the others (samples x images too); a single
+    row in training is normalised by the running statistics instead (a last batch or a data-parallel
+    shard of one image has no batch variance)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.training and len(rows) < 2:
+            out = F.batch_norm(rows, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        else:
+            out = super().forward(rows)
+        return out.view(x.shape)
+
+
+def mlp(widths: list[int], activation: str = "relu", batch_norm: bool = False) -> nn.Sequential:
+    """Linear layers through ``widths`` with ``activation`` between them (none after the last);
+    ``batch_norm`` puts a :class:`BatchNorm` between each hidden Linear and its activation (Sønderby et al.)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
-            layers.append(_activation(activation))
+            layers.extend([BatchNorm(b), _activation(activation)] if batch_norm else [_activation(activation)])
     return nn.Sequential(*layers)
 
 
 class MLPEncoder(nn.Module):
     def __init__(
-        self, image_shape: tuple[int, int, int], hidden: list[int], out_features: int, activation: str
+        self,
+        image_shape: tuple[int, int, int],
+        hidden: list[int],
+        out_features: int,
+        activation: str,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(image_shape), *hidden, out_features], activation))
+        widths = [math.prod(image_shape), *hidden, out_features]
+        self.net = nn.Sequential(nn.Flatten(), mlp(widths, activation, batch_norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -52,12 +74,18 @@ class MLPDecoder(nn.Module):
     """Mirror of the encoder: z -> reversed hidden widths -> an image of ``out_channels`` maps."""
 
     def __init__(
-        self, latent_dim: int, image_shape: tuple[int, int, int], hidden: list[int], out_channels: int, activation: str
+        self,
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+        hidden: list[int],
+        out_channels: int,
+        activation: str,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         _, h, w = image_shape
         self.net = nn.Sequential(
-            mlp([latent_dim, *reversed(hidden), out_channels * h * w], activation),
+            mlp([latent_dim, *reversed(hidden), out_channels * h * w], activation, batch_norm),
             nn.Unflatten(1, (out_channels, h, w)),
         )
 
@@ -80,13 +108,15 @@ def dense_networks(config, image_shape, encoder_out: int, decoder_out: int) -> t
 
 
 @ARCHITECTURES.register(
-    "mlp", "fully connected, model.hidden widths and model.activation (Burda et al.: [200, 200], tanh)"
+    "mlp",
+    "fully connected, model.hidden widths and model.activation (Burda et al.: [200, 200], tanh), "
+    "model.batch_norm in the hidden layers",
 )
 def mlp_networks(config, image_shape, encoder_out: int, decoder_out: int) -> tuple[nn.Module, nn.Module]:
-    hidden = list(config.hidden)
+    hidden, activation, batch_norm = list(config.hidden), config.activation, config.batch_norm
     return (
-        MLPEncoder(image_shape, hidden, encoder_out, config.activation),
-        MLPDecoder(config.latent_dim, image_shape, hidden, decoder_out, config.activation),
+        MLPEncoder(image_shape, hidden, encoder_out, activation, batch_norm),
+        MLPDecoder(config.latent_dim, image_shape, hidden, decoder_out, activation, batch_norm),
     )
 
 

@@ -48,9 +48,9 @@ def build_hierarchical(config: ModelConfig, image_shape: ImageShape, batch: int 
     encoder, decoder = ARCHITECTURES.get(config.arch)(
         bottom, image_shape, 2 * sizes[0], image_shape[0] * likelihood.params_per_channel
     )
-    hidden, activation = list(config.layer_hidden), config.activation
-    up = nn.ModuleList(mlp([a, *hidden, 2 * b], activation) for a, b in zip(sizes, sizes[1:]))
-    down = nn.ModuleList(mlp([b, *hidden, 2 * a], activation) for a, b in zip(sizes, sizes[1:]))
+    hidden, activation, batch_norm = list(config.layer_hidden), config.activation, config.batch_norm
+    up = nn.ModuleList(mlp([a, *hidden, 2 * b], activation, batch_norm) for a, b in zip(sizes, sizes[1:]))
+    down = nn.ModuleList(mlp([b, *hidden, 2 * a], activation, batch_norm) for a, b in zip(sizes, sizes[1:]))
     return HierarchicalVAE(
         accelerate(encoder), up, down, accelerate(decoder), likelihood, PRIORS.get("standard")(config, image_shape),
         sizes, image_shape, config.inference,
