@@ -108,3 +108,20 @@ def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path, cli_
     assert len(list(parallel.glob("events.*"))) == 1
     meta = json.loads((parallel / "model.json").read_text())
     assert meta["environment"]["processes"] == "2"
+
+
+def test_batch_norm_is_refused_under_torchrun_before_any_training(tmp_path, cli_env):
+    """Each process would normalise over its own shard: not the update of one process on the batch."""
+    run = tmp_path / "bn"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + ["-m", "vaelab", "train", "--out", str(run), "--no-figures", *set_args(DDP)]
+        + ["--set", "model.arch=mlp", "--set", "model.batch_norm=true"],
+        capture_output=True,
+        text=True,
+        env=dict(cli_env, OMP_NUM_THREADS="1"),
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "error: model.batch_norm is not supported with data-parallel training" in result.stderr, result.stderr
+    assert not (run / "model.safetensors").exists()

@@ -229,7 +229,9 @@ def _hierarchy(inference: str, batch_norm: bool = False):
     with torch.no_grad():  # statistics as if trained, so that test-time batch norm is not the identity
         for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
             norm.running_mean.normal_(0, 0.5)
+            norm.bias.normal_(0, 0.5)
             norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 2.0)
     return model
 
 

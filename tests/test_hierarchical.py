@@ -175,6 +175,10 @@ def test_what_the_family_refuses():
     with pytest.raises(VaelabError, match="model.inference must be one of"):
         config.model.inference = "sideways"
         config.validate()
+    with pytest.raises(VaelabError, match="objective.gradient = dreg is not supported with model.batch_norm"):
+        make_objective("iwae", k=3, gradient="dreg").check_model(build("ladder", batch_norm=True))
+    make_objective("iwae", k=3, gradient="dreg").check_model(build("ladder"))
+    make_objective("iwae", k=3).check_model(build("ladder", batch_norm=True))
     config = hierarchical_config(batch_norm=True)
     config.model.arch = "conv"
     with pytest.raises(VaelabError, match="model.batch_norm = true needs model.arch = mlp"):

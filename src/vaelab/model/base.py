@@ -360,6 +360,10 @@ class LatentVariableModel(nn.Module):
         """The neural networks, which may compute in reduced precision; distributions stay fp32."""
         return []
 
+    def check_gradient(self, gradient: str) -> None:
+        """Raise a one-line VaelabError if the IWAE bound's ``gradient`` estimator is wrong for this model
+        (default: every estimator is right)."""
+
     @contextmanager
     def networks_replaced(
         self, runners: dict[nn.Module, Callable[[torch.Tensor], torch.Tensor]]

@@ -323,6 +323,9 @@ class IWAE(Objective):
         self.k = k
         self.gradient = gradient
 
+    def check_model(self, model) -> None:
+        model.check_gradient(self.gradient)
+
     def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
         ctx = ctx or Context()
         tap: list[torch.Tensor] = []

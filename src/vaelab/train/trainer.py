@@ -170,6 +170,11 @@ class Trainer:
             raise VaelabError(
                 "train.keras_log is not supported with data-parallel training (each process sees a shard)"
             )
+        if self.world.distributed and config.model.batch_norm:
+            raise VaelabError(
+                "model.batch_norm is not supported with data-parallel training (each process would normalise "
+                "over its own shard, not the batch)"
+            )
         if self.world.distributed and config.objective.free_bits > 0:
             raise VaelabError(
                 "objective.free_bits is not supported with data-parallel training (its budget is a whole-batch mean)"

@@ -102,6 +102,14 @@ class HierarchicalVAE(LatentVariableModel):
     def networks(self) -> list[nn.Module]:
         return [self.encoder, *self.up, *self.down, self.decoder]
 
+    def check_gradient(self, gradient: str) -> None:
+        # batch statistics make q(z_i+1 | z_i) of one sample depend on the others' codes: DReG's identity is per sample
+        if gradient == "dreg" and any(isinstance(m, nn.BatchNorm1d) for m in self.modules()):
+            raise VaelabError(
+                "objective.gradient = dreg is not supported with model.batch_norm in the hierarchical family "
+                "(in training, batch statistics tie each sample's q to the other samples' codes); use gradient = reparam"
+            )
+
     # -- the distributions --------------------------------------------------------------------------
 
     def p_top(self) -> Distribution:

@@ -12,7 +12,7 @@ from vaelab.model.vqvae.model import VQVAE
 from vaelab.model.vqvae.nets import WIDTH, CodePrior, GridDecoder, GridEncoder, check_divisible
 
 # keys of the slot-built families that mean nothing here, with the value they must keep
-NOT_READ = {"arch": "conv", "latent_dim": 2, "posterior": "diagonal", "prior": "standard"}
+NOT_READ = {"arch": "conv", "latent_dim": 2, "posterior": "diagonal", "prior": "standard", "batch_norm": False}
 
 
 def _check(config: ModelConfig, image_shape: ImageShape) -> None:
