@@ -286,6 +286,15 @@ def test_a_hierarchy_exports_its_top_layers_encoder_and_decoder(inference, batch
     torch.testing.assert_close(onnx_log_w, log_w, atol=1e-3, rtol=0)
 
 
+def test_exporting_a_model_in_training_leaves_its_batch_norm_statistics_and_mode():
+    model = build_model(ModelConfig(arch="mlp", hidden=[16], batch_norm=True), (1, 28, 28)).train()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    part = model.export_part("encoder")
+    assert model.training and not part.module.training
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+
+
 def test_a_hierarchy_exports_in_int8_and_refuses_an_unknown_part(tmp_path):
     from vaelab.config import RunConfig
 
