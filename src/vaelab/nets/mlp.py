@@ -49,7 +49,9 @@ def mlp(widths: list[int], activation: str = "relu", batch_norm: bool = False) -
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
-            layers.extend([BatchNorm(b), _activation(activation)] if batch_norm else [_activation(activation)])
+            if batch_norm:
+                layers.append(BatchNorm(b))
+            layers.append(_activation(activation))
     return nn.Sequential(*layers)
 
 

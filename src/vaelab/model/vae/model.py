@@ -91,7 +91,8 @@ class VAE(SlotModel):
         decoder_output). The networks are copies with torch's plain layers (no CPU speed tricks)."""
         if part == "encoder":
             example = torch.rand(2, *self.image_shape)
-            training, _ = self.training, self.eval()  # random images must not move batch-norm statistics
+            training = self.training
+            self.eval()  # random images must not move batch-norm statistics
             try:
                 with torch.no_grad():
                     _mean_and_scale(self.q_z(example))  # refuse a posterior without a scale before any work
