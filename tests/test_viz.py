@@ -126,6 +126,42 @@ def test_correlated_manifold_latents_are_L_times_the_grid():
     assert not torch.allclose(z[:, 1], u[:, 1])  # ... but z1 is tilted by the correlation
 
 
+def test_a_learned_gaussian_priors_manifold_is_its_mean_plus_its_scales_times_the_grid():
+    model = small_vae(2, prior="learnable")
+    with torch.no_grad():
+        model.prior.loc.copy_(torch.tensor([4.0, -1.0]))
+        model.prior.log_scale.copy_(torch.tensor([0.5, 2.0]).log())
+    z = manifold_latents(model, n=5, span=3.0)
+    torch.testing.assert_close(z, torch.tensor([4.0, -1.0]) + torch.tensor([0.5, 2.0]) * expected_u_grid(5, 3.0))
+    assert z[0].tolist() == pytest.approx([2.5, 5.0])  # top-left: the prior's mean - 3σ in z0, + 3σ in z1
+
+
+def test_a_mixture_priors_manifold_covers_the_priors_mass_wherever_it_lies():
+    model = small_vae(3, prior="mog")
+    with torch.no_grad():
+        model.prior.means.copy_(torch.tensor([8.0, -6.0, 2.0]) + torch.randn_like(model.prior.means))
+    state = torch.random.get_rng_state()
+    z = manifold_latents(model, n=7, span=3.0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the frame's draws leave torch's RNG alone
+    torch.testing.assert_close(z, manifold_latents(model, n=7, span=3.0))  # and give the same grid each time
+    draws = model.p_z().sample((20_000,))
+    low, high = z.min(0).values, z.max(0).values
+    for j in (0, 1):
+        inside = ((draws[:, j] >= low[j]) & (draws[:, j] <= high[j])).float().mean()
+        assert 0.99 <= inside <= 1.0  # the central 99.73%, not [-3, 3] (which holds almost none of z0's mass)
+    torch.testing.assert_close(z[:, 2], draws[:, 2].median().expand(49), atol=0.1, rtol=0)  # others: the centre
+
+
+def test_a_learned_priors_manifold_labels_its_axes_in_z():
+    model = small_vae(2, prior="learnable")
+    with torch.no_grad():
+        model.prior.loc.copy_(torch.tensor([4.0, 0.0]))
+    fig = latent_manifold(model, n=7, span=3.0)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "1.0" and labels[-1] == "7.0"
+    assert "z[0] ∈ [1.0, 7.0]" in fig.axes[0].get_title()
+
+
 def test_manifold_latents_fix_extra_dimensions_at_zero():
     z = manifold_latents(small_vae(4), n=3, span=1.0)
     assert z.shape == (9, 4)

@@ -9,7 +9,10 @@ model's mode is restored afterwards), decodes and encodes in batches, and return
 Latent grids follow the study (and Keras' VAE example): rows top to bottom have the second
 coordinate decreasing, columns left to right the first increasing. For a correlated prior
 N(0, L Lᵀ) the grid is laid out in the prior's whitened coordinates u and decoded at z = L u, so
-the picture covers the prior's mass; the z points that were decoded are drawn beside it.
+the picture covers the prior's mass; the z points that were decoded are drawn beside it. Any other
+prior but N(0, I) (a learned Gaussian, a mixture, the VampPrior) gets its grid axis by axis at z =
+centre + scale ⊙ u, where u ∈ [-3, 3] is the prior's ±3σ or, for one that is no Gaussian, the central
+99.73% of its samples; the tick labels are z.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ DPI = 110
 DPI_RANGE = (20, 1200)  # below, text is unreadable; above, a figure is hundreds of megapixels
 FORMATS = ("png", "svg", "pdf")
 BATCH = 1000
+PRIOR_FRAME_SAMPLES = 10_000  # draws that place a grid over a prior that is no Gaussian
+PRIOR_MASS_QUANTILES = (0.00135, 0.5, 0.99865)  # the central 99.73% (a Gaussian's ±3σ) and the median
 COLLAPSED_VARIANCE = 0.01  # Cov_x(E_q[z_j]) at or below this: an inactive unit (Burda et al. 2016, as vaelab.eval)
 LOSS_TERMS = (("total", "total (negative ELBO)"), ("reconstruction", "reconstruction"), ("kl", "KL"))
 SPLIT_STYLE = {"train": ("C0", "-"), "validation": ("C1", "-")}
@@ -161,12 +166,38 @@ def _u_grid(
     return u
 
 
+def _axis_frame(model: VAE) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(centre, scale) per dimension for a grid laid out axis by axis at z = centre + scale ⊙ u, so that
+    u ∈ [-3, 3] covers the prior's mass: a diagonal Gaussian's mean and standard deviations, and for a
+    prior that is no Gaussian (a mixture, the VampPrior) the median of samples and a sixth of their
+    central 99.73% (a Gaussian's ±3σ). None for N(0, I) (z = u) and the correlated prior (z = loc + L u)."""
+    if _is_correlated(model):
+        return None
+    gaussian = model.prior.gaussian()
+    if gaussian is not None:
+        loc, L = (t.detach().float().cpu() for t in gaussian)
+        if torch.equal(L, torch.diag(L.diagonal())):
+            if not loc.any() and torch.equal(L, torch.eye(len(loc))):
+                return None
+            return loc, L.diagonal()
+    with _inference(model), torch.random.fork_rng():
+        torch.manual_seed(0)  # the same grid every time the figure is drawn
+        z = model.p_z().sample((PRIOR_FRAME_SAMPLES,)).float().cpu()
+    low, centre, high = torch.quantile(z, torch.tensor(PRIOR_MASS_QUANTILES), dim=0)
+    return centre, ((high - low) / 6).clamp_min(1e-6)
+
+
 def _to_prior_geometry(model: VAE, u: torch.Tensor) -> torch.Tensor:
-    """z = loc + L u for a correlated prior; the grid itself (z = u) for the standard one."""
-    if not _is_correlated(model):
+    """z = loc + L u for a correlated prior, z = centre + scale ⊙ u for any other but N(0, I)
+    (:func:`_axis_frame`), and the grid itself (z = u) for the standard one."""
+    if _is_correlated(model):
+        loc, L = (t.detach().float().cpu() for t in model.prior.correlated_frame())
+        return loc + u @ L.T
+    frame = _axis_frame(model)
+    if frame is None:
         return u
-    loc, L = (t.detach().float().cpu() for t in model.prior.correlated_frame())
-    return loc + u @ L.T
+    centre, scale = frame
+    return centre + scale * u
 
 
 def manifold_latents(model: VAE, n: int = 20, span: float = 3.0, dims: tuple[int, int] = (0, 1)) -> torch.Tensor:
@@ -221,18 +252,27 @@ def _label_step(n: int, max_labels: int = 25) -> int:
     return max(1, math.ceil(n / max_labels))
 
 
-def _show_latent_grid(ax, images: torch.Tensor, n: int, span: float, names: tuple[str, str]) -> None:
-    """A decoded n x n grid on ``ax`` with the grid values as tick labels (Keras' example)."""
+def _show_latent_grid(
+    ax,
+    images: torch.Tensor,
+    n: int,
+    span: float,
+    names: tuple[str, str],
+    frame: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (1.0, 1.0)),
+) -> None:
+    """A decoded n x n grid on ``ax`` with the grid's coordinates as tick labels (Keras' example): on
+    the axes (x, y), centre + scale ⊙ u for ``frame`` = ((centre x, centre y), (scale x, scale y))."""
     _, _, height, width = images.shape
     grid = image_grid(images, nrow=n, padding=2, pad_value=0.0)
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     values = _grid_values(n, span).numpy()
+    (cx, cy), (sx, sy) = frame
     step = _label_step(n)
     keep = np.arange(0, n, step)
     ax.set_xticks(_tick_positions(n, width)[keep])
-    ax.set_xticklabels([_fmt(v) for v in values[keep]])
+    ax.set_xticklabels([_fmt(cx + sx * v) for v in values[keep]])
     ax.set_yticks(_tick_positions(n, height)[keep])
-    ax.set_yticklabels([_fmt(v) for v in values[::-1][keep]])
+    ax.set_yticklabels([_fmt(cy + sy * v) for v in values[::-1][keep]])
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.tick_params(labelsize=7 if len(keep) > 12 else 8)
@@ -347,10 +387,22 @@ def latent_manifold(model: VAE, n: int = 20, span: float = 3.0, dims: tuple[int,
     d, (a, b) = model.latent_dim, dims
     if not _is_correlated(model):
         fig, ax = _subplots(figsize=(8, 8.4))
-        _show_latent_grid(ax, images, n, span, (f"z[{a}]", f"z[{b}]"))
-        note = _other_dims_note(d, dims, "z")
-        title = f"Decoded latent manifold, z ∈ [{-span:g}, {span:g}]²"
-        ax.set_title(title + note)
+        frame = _axis_frame(model)
+        if frame is None:
+            _show_latent_grid(ax, images, n, span, (f"z[{a}]", f"z[{b}]"))
+            ax.set_title(f"Decoded latent manifold, z ∈ [{-span:g}, {span:g}]²" + _other_dims_note(d, dims, "z"))
+        else:
+            centre, scale = (t.tolist() for t in frame)
+            axes_frame = ((centre[a], centre[b]), (scale[a], scale[b]))
+            _show_latent_grid(ax, images, n, span, (f"z[{a}]", f"z[{b}]"), axes_frame)
+            ranges = ", ".join(
+                f"z[{j}] ∈ [{_fmt(centre[j] - span * scale[j])}, {_fmt(centre[j] + span * scale[j])}]" for j in dims
+            )
+            title = (
+                f"Decoded latent manifold over the prior's mass: {ranges}\n(the prior's centre ± {span:g} × its spread"
+            )
+            title += "; other dimensions at its centre)" if d > 2 else ")"
+            ax.set_title(title, fontsize=10)
         fig.tight_layout()
         return fig
 
@@ -518,11 +570,16 @@ def manifold_cross_sections(
     gx, gy, fixed = axes
     correlated = _is_correlated(model)
     sym = "u" if correlated else "z"
+    frame = _axis_frame(model)
+    centre, scale = (
+        (t.tolist() for t in frame) if frame is not None else ([0.0] * model.latent_dim, [1.0] * model.latent_dim)
+    )
     fig, axs = _subplots(1, len(values), figsize=(5.2 * len(values), 6.2), squeeze=False)
     for ax, value in zip(axs[0], values, strict=True):
         images = decode_latents(model, cross_section_latents(model, value, n, span, axes))
-        _show_latent_grid(ax, images, n, span, (f"{sym}[{gx}]", f"{sym}[{gy}]"))
-        ax.set_title(f"{sym}[{fixed}] = {value:g}")
+        axes_frame = ((centre[gx], centre[gy]), (scale[gx], scale[gy]))
+        _show_latent_grid(ax, images, n, span, (f"{sym}[{gx}]", f"{sym}[{gy}]"), axes_frame)
+        ax.set_title(f"{sym}[{fixed}] = {centre[fixed] + scale[fixed] * value:.3g}")
     title = f"Cross-sections of the decoded manifold: grids over ({sym}{gx}, {sym}{gy}), panels at fixed {sym}{fixed}"
     if variances is not None:
         var = [float(v) for v in variances]
@@ -533,7 +590,9 @@ def manifold_cross_sections(
     if correlated:
         title += " (grid in u, decoded at z = L u)"
     others = [j for j in range(model.latent_dim) if j not in axes]
-    if others:
+    if frame is not None:
+        title += "\n(grid at the prior's centre ± its spread, as a Gaussian's ± σ; other dimensions at its centre)"
+    elif others:
         title += f"; {', '.join(f'{sym}{j}' for j in others)} = 0"
     fig.suptitle(title)
     fig.tight_layout()
