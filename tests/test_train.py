@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from tests.conftest import TINY_DATA, TINY_RUN_RECORDS, set_args, tiny_config
 from vaelab.config import RunConfig
 from vaelab.data import Batches, load_dataset
+from vaelab.errors import VaelabError
 from vaelab.eval import evaluate_elbo
 from vaelab.model import build_vae, load_model
 from vaelab.train import Trainer, load_checkpoint
@@ -382,3 +384,36 @@ def test_a_diverging_run_on_the_command_line_is_one_error_line(tmp_path, run_cli
     assert len(errors) == 1 and errors[0].startswith("error: training diverged in epoch 1"), result.stderr
     assert "Traceback" not in result.stderr
     assert "train.lr = 1e+38" in result.stderr and not (out / "model.json").exists()
+
+
+def test_elbo_share_trains_the_elbo_first_then_the_iwae_bound(tmp_path):
+    """objective.elbo_share: the first share of the epochs is exactly an ELBO run's (same seed, same
+    numbers); the IWAE bound takes over afterwards, and the records say which bound each epoch trained."""
+    shared = ["train.epochs=4", "model.latent_dim=4"]
+    mixed = Trainer(
+        tiny_config(*shared, "objective.name=iwae", "objective.k=4", "objective.elbo_share=0.5"), tmp_path / "m"
+    )
+    mixed.fit(progress=False)
+    plain = Trainer(tiny_config(*shared), tmp_path / "e")
+    plain.fit(progress=False)
+    trained = [r for r in mixed.records() if r["split"] == "train"]
+    elbo_only = [r for r in plain.records() if r["split"] == "train"]
+    assert [r["bound"] for r in trained] == ["elbo", "elbo", "iwae", "iwae"]
+    assert [r["total"] for r in trained[:2]] == [r["total"] for r in elbo_only[:2]]
+    assert trained[2]["total"] != elbo_only[2]["total"]
+    assert "bound" not in elbo_only[0]
+    timed = Trainer(tiny_config("objective.name=iwae", "objective.elbo_share=0.25", "train.minutes=20"), tmp_path / "t")
+    assert timed._elbo_phase(299.0) and not timed._elbo_phase(300.0)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (["objective.name=iwae", "objective.elbo_share=1"], "must be in [0, 1)"),
+        (["objective.name=iwae", "objective.elbo_share=nan"], "must be a finite number"),
+        (["objective.elbo_share=0.5"], "applies to objective.name = iwae"),
+    ],
+)
+def test_elbo_share_refuses_what_means_nothing(setting, message):
+    with pytest.raises(VaelabError, match=re.escape(message)):
+        tiny_config(*setting)

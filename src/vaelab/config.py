@@ -225,6 +225,9 @@ class ObjectiveConfig(_Keys):
     beta: float = 1.0
     k: int = 1  # importance samples (iwae)
     gradient: str = "reparam"  # iwae encoder gradient: reparam (Burda et al.) | dreg (Tucker et al. 2019)
+    # iwae: this share of the training (of train.minutes when set, else of the epochs) trains on the ELBO (k = 1,
+    # reparameterised) first, whole epochs at a time; the IWAE bound with k samples afterwards. 0: IWAE throughout
+    elbo_share: float = 0.0
     kl_warmup_epochs: int = 0  # linear KL annealing from 0 to beta over this many epochs
     free_bits: float = 0.0  # elbo: minimum KL per latent dimension, in nats (Kingma et al. 2016)
     alpha: float = 1.0  # btcvae: weight of the index-code mutual information (Chen et al.'s alpha)
@@ -259,6 +262,10 @@ class ObjectiveConfig(_Keys):
             raise VaelabError(f"objective.beta must be >= 0, got {self.beta}")
         _at_least("objective.k", self.k, 1)
         _at_least("objective.kl_warmup_epochs", self.kl_warmup_epochs, 0)
+        if not 0 <= self.elbo_share < 1:
+            raise VaelabError(
+                f"objective.elbo_share must be in [0, 1) (a share of the training), got {self.elbo_share}"
+            )
         if self.free_bits < 0:
             raise VaelabError(f"objective.free_bits must be >= 0, got {self.free_bits}")
         for key in ("alpha", "gamma", "capacity_max"):
@@ -309,6 +316,7 @@ TC_ESTIMATORS = ("mws", "mss")
 # the objectives that read each of these keys; any other objective refuses a value set away from the default
 OBJECTIVE_KEYS = {
     "free_bits": ("elbo",),
+    "elbo_share": ("iwae",),
     "alpha": ("btcvae",),
     "tc_estimator": ("btcvae",),
     "tc_anneal_steps": ("btcvae",),

@@ -39,6 +39,7 @@ import math
 import platform
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,12 @@ class Trainer:
         self.world.broadcast_parameters(self.model)
         self.objective = build_objective(config.objective)
         self.objective.check_model(self.model)  # a model the objective cannot train is refused before any work
+        # objective.elbo_share: the bound the first share of the training optimises
+        self.elbo_objective = (
+            build_objective(replace(config.objective, name="elbo", k=1, gradient="reparam", elbo_share=0.0))
+            if config.objective.elbo_share > 0
+            else None
+        )
         self.stages = self.model.stages()
         staged_refusals = {"train.minutes": train.minutes > 0, "train.early_stopping": train.early_stopping > 0}
         staged_refusals["train.keep_best"] = train.keep_best
@@ -247,15 +254,20 @@ class Trainer:
         self.optimizer = make_adam(
             [g for g in groups if g["params"]], train.lr, train.adam_eps, train.adam_eps_placement
         )
-        self.step = TrainStep(
-            self.model,
-            self.objective,
-            self.optimizer,
-            train.precision,
-            self.device.type,
-            world=self.world,
-            compile=train.compile,
-            dataset_size=len(self.train_batches.images),
+        self.step, self.elbo_step = (
+            None
+            if objective is None
+            else TrainStep(
+                self.model,
+                objective,
+                self.optimizer,
+                train.precision,
+                self.device.type,
+                world=self.world,
+                compile=train.compile,
+                dataset_size=len(self.train_batches.images),
+            )
+            for objective in (self.objective, self.elbo_objective)
         )
 
     def _stage_fields(self) -> dict[str, Any]:
@@ -361,6 +373,13 @@ class Trainer:
         best = self.best_validation() if patience > 0 else None
         return best is not None and self.epoch - best[0] >= patience
 
+    def _elbo_phase(self, spent_seconds: float) -> bool:
+        """Whether the epoch that starts now lies in objective.elbo_share's first share of the training."""
+        share, minutes = self.config.objective.elbo_share, self.config.train.minutes
+        if minutes > 0:
+            return spent_seconds < share * 60 * minutes
+        return self.epoch < share * self.total_epochs
+
     def _kl_weight(self, epoch_fraction: float) -> float:
         warmup = self.config.objective.kl_warmup_epochs
         return 1.0 if warmup == 0 else min(1.0, epoch_fraction / warmup)
@@ -379,6 +398,8 @@ class Trainer:
             lr = learning_rate(train.lr_schedule, train.lr, self.epoch - start, length)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        on_elbo = self.elbo_step is not None and self._elbo_phase(spent_before)
+        train_step = self.elbo_step if on_elbo else self.step
         steps = len(self.train_batches)
         world = self.world
         sizes = self.train_batches.batch_sizes()
@@ -403,7 +424,7 @@ class Trainer:
             x = batch.x.to(self.device, non_blocking=True)
             labels = None if batch.y is None else batch.y.to(self.device, non_blocking=True)
             shard = Shard(*world.rows(sizes[step]), sizes[step]) if world.distributed else None
-            terms = self.step(
+            terms = train_step(
                 x,
                 kl_weight=self._kl_weight(self.epoch + step / steps),
                 shard=shard,
@@ -471,6 +492,8 @@ class Trainer:
             "lr": lr,
             **extra_means,
         }
+        if self.elbo_step is not None:  # which bound this epoch optimised
+            metrics["bound"] = "elbo" if on_elbo else self.config.objective.name
         if step + 1 < steps:  # train.minutes ran out inside the epoch: how much of it the weights saw
             metrics["fraction_trained"] = (step + 1) / steps
         if train.keras_log:
