@@ -216,11 +216,18 @@ BURDA_2L_MINUTES = 85.0  # of the issue's 90, leaving room for the last epoch's 
 
 
 def _burda_2l(
-    objective: str, k: int, gradient: str, batch_size: int, minutes: float, snapshot_minutes: float
+    objective: str,
+    k: int,
+    gradient: str,
+    batch_size: int,
+    minutes: float,
+    snapshot_minutes: float,
+    elbo_share: float = 0.0,
 ) -> Callable[[], RunConfig]:
     """Burda et al.'s two-layer model under the two-layer recipe (rates from 2.2e-3, compiled, the weights'
-    moving average 0.999, the decoder's bias at the data mean) for ``minutes`` of training."""
-    return _burda(
+    moving average 0.999, the decoder's bias at the data mean) for ``minutes`` of training, the first
+    ``elbo_share`` of them on the ELBO."""
+    make = _burda(
         objective,
         k,
         3280,
@@ -235,17 +242,26 @@ def _burda_2l(
         snapshot_minutes=snapshot_minutes,
     )
 
+    def with_share() -> RunConfig:
+        config = make()
+        config.objective.elbo_share = elbo_share
+        return config.validate()
 
-for _name, _version, _objective, _k, _gradient, _snapshot_minutes, _batch, _paper, _title in (
-    ("burda-vae-2l", 1, "elbo", 1, "reparam", 0.0, 100, 85.33, "VAE (k = 1)"),
-    # v2: DReG, and a snapshot every 15 minutes for the NLL against time (v1, reparam: 87.78)
-    ("burda-iwae-2l", 2, "iwae", 50, "dreg", 15.0, 50, 82.90, "IWAE (k = 50)"),
+    return with_share
+
+
+for _name, _version, _objective, _k, _gradient, _snapshot_minutes, _batch, _share, _paper, _title in (
+    ("burda-vae-2l", 1, "elbo", 1, "reparam", 0.0, 100, 0.0, 85.33, "VAE (k = 1)"),
+    # v2: DReG, and a snapshot every 15 minutes for the NLL against time (v1, reparam: 87.78). v3: the first half of
+    # the minutes (the four highest rates) on the ELBO, whose epochs take 0.28 of the IWAE's time (v2: 86.51; v3: 84.41)
+    ("burda-iwae-2l", 3, "iwae", 50, "dreg", 15.0, 50, 0.5, 82.90, "IWAE (k = 50)"),
 ):
-    _make = _burda_2l(_objective, _k, _gradient, _batch, BURDA_2L_MINUTES, _snapshot_minutes)
+    _make = _burda_2l(_objective, _k, _gradient, _batch, BURDA_2L_MINUTES, _snapshot_minutes, _share)
     EXPERIMENTS[_name] = Experiment(
         _name,
         _version,
-        f"{_title}, two stochastic layers: 784-200-200-100 and 100-100-50 tanh, dynamically binarised MNIST",
+        f"{_title}{', the first half of the minutes on the ELBO (k = 1)' if _share else ''}, two stochastic layers: "
+        "784-200-200-100 and 100-100-50 tanh, dynamically binarised MNIST",
         _make,
         {"nll": _paper},
         BURDA_2L,
