@@ -331,6 +331,39 @@ def test_an_interrupt_while_the_lock_is_being_taken_removes_the_folder_made(tmp_
         assert run.path.is_dir()
 
 
+def test_a_folder_another_writer_makes_first_is_taken_as_theirs(tmp_path, monkeypatch):
+    # the CI flake: two trainings both saw no folder; the second mkdir's EEXIST read "not a directory"
+    run = RunDir(tmp_path / "made" / "run")
+    mkdir = Path.mkdir
+
+    def made_by_another_first(self, *args, **kwargs):
+        if self == run.path and not self.exists():
+            mkdir(self, parents=True)  # the other process wins the race
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", made_by_another_first)
+    with pytest.raises(RuntimeError), run.writing(create=True):
+        assert run.path.is_dir()
+        with pytest.raises(VaelabError, match="being written by"):  # and a rival still meets our lock
+            _rival_writer(run.path)
+        raise RuntimeError
+    assert run.path.is_dir()  # the folder was theirs: our failure does not remove it
+
+
+def _rival_writer(path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from vaelab.runs import RunDir\nwith RunDir({str(path)!r}).writing(create=True): pass",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise VaelabError(out.stderr.strip().splitlines()[-1])
+
+
 # --- metrics.jsonl ---------------------------------------------------------------------------
 
 

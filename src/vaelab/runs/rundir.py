@@ -226,6 +226,10 @@ class RunDir:
             if created is not None:
                 try:
                     path.mkdir(parents=True)
+                except FileExistsError:
+                    if not path.is_dir():
+                        raise VaelabError(f"{path} is a file, not a run directory") from None
+                    created = None  # another writer made it a moment ago: the lock below decides between us
                 except OSError as err:
                     raise cannot_write(path, err, "create") from None
             self.check_links()
