@@ -226,9 +226,9 @@ class RunDir:
             if created is not None:
                 try:
                     path.mkdir(parents=True)
-                except FileExistsError:
+                except FileExistsError as err:
                     if not path.is_dir():
-                        raise VaelabError(f"{path} is a file, not a run directory") from None
+                        raise cannot_write(path, err, "create") from None
                     created = None  # another writer made it a moment ago: the lock below decides between us
                 except OSError as err:
                     raise cannot_write(path, err, "create") from None
