@@ -76,6 +76,7 @@ def _burda(
     inference: str = "bottom-up",
     minutes: float = 0.0,
     snapshot_minutes: float = 0.0,
+    elbo_share: float = 0.0,
 ) -> Callable[[], RunConfig]:
     """Burda et al. (2016), one stochastic layer: 784-200-200-50 tanh, Bernoulli, dynamic binarisation.
 
@@ -125,6 +126,7 @@ def _burda(
         config.objective.name = objective
         config.objective.k = k
         config.objective.gradient = gradient
+        config.objective.elbo_share = elbo_share
         config.train.epochs = epochs
         config.train.batch_size = batch_size
         config.train.lr = lr
@@ -227,7 +229,7 @@ def _burda_2l(
     """Burda et al.'s two-layer model under the two-layer recipe (rates from 2.2e-3, compiled, the weights'
     moving average 0.999, the decoder's bias at the data mean) for ``minutes`` of training, the first
     ``elbo_share`` of them on the ELBO."""
-    make = _burda(
+    return _burda(
         objective,
         k,
         3280,
@@ -240,14 +242,8 @@ def _burda_2l(
         stochastic_layers=(100, 50),
         minutes=minutes,
         snapshot_minutes=snapshot_minutes,
+        elbo_share=elbo_share,
     )
-
-    def with_share() -> RunConfig:
-        config = make()
-        config.objective.elbo_share = elbo_share
-        return config.validate()
-
-    return with_share
 
 
 for _name, _version, _objective, _k, _gradient, _snapshot_minutes, _batch, _share, _paper, _title in (

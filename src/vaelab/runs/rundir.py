@@ -226,12 +226,10 @@ class RunDir:
             if created is not None:
                 try:
                     path.mkdir(parents=True)
-                except FileExistsError as err:
-                    if not path.is_dir():
+                except OSError as err:
+                    if not (isinstance(err, FileExistsError) and path.is_dir()):
                         raise cannot_write(path, err, "create") from None
                     created = None  # another writer made it a moment ago: the lock below decides between us
-                except OSError as err:
-                    raise cannot_write(path, err, "create") from None
             self.check_links()
             try:
                 lock.acquire(timeout=0)
