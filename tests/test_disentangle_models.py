@@ -342,6 +342,119 @@ def test_the_tc_estimator_is_checked_and_belongs_to_btcvae():
         apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_anneal_steps=-1"])
 
 
+# --- beta-TCVAE with remembered posteriors (objective.tc_memory) --------------------------------------
+
+
+def explicit_estimates(mu, sigma, z, columns, dataset_size, estimator):
+    """log q(z_i) and sum_k log q(z_ik) written out (float64) over the C posteriors ``mu``, ``sigma`` (C x d;
+    the first B the batch's, z_i drawn from the i-th) that ``columns`` (C bools) says are filled."""
+    mu, sigma, z = mu[columns].double(), sigma[columns].double(), z.double()
+    c, n = len(mu), dataset_size
+    log_q, log_marginals = [], []
+    for i in range(len(z)):
+        density = Normal(mu, sigma).log_prob(z[i]).exp()  # C x d
+        weights = torch.full((c,), 1 / (n * c), dtype=torch.float64)
+        if estimator == "mss":
+            weights = torch.full((c,), (n - 1) / (n * (c - 1)), dtype=torch.float64)
+            weights[i] = 1 / n
+        log_q.append(math.log((weights * density.prod(1)).sum()))
+        log_marginals.append(sum(math.log((weights * density[:, k]).sum()) for k in range(z.shape[1])))
+    return torch.tensor(log_q, dtype=torch.float64), torch.tensor(log_marginals, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_remembered_posteriors_join_the_batch_in_the_joint_and_every_marginal(estimator):
+    torch.manual_seed(3)
+    model = tiny()
+    x = torch.rand(5, 1, 8, 8)
+    densities = model.code_densities(x, noise(5))
+    q = model.q_z(x)
+    loc, scale = torch.randn(7, D), torch.rand(7, D) + 0.3
+    filled = torch.tensor([0.0] * 4 + [-math.inf] * 3)  # three empty slots
+    remembered = (*BetaTCVAE.remembered_log_sums(densities.z, loc, scale, filled), filled.exp().sum())
+    mi, tc, dim_kl = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, estimator, remembered)
+    mu, sigma = torch.cat([q.loc.detach(), loc]), torch.cat([q.scale.detach(), scale])
+    columns = torch.tensor([True] * 5 + [True] * 4 + [False] * 3)
+    log_q, log_marginals = explicit_estimates(mu, sigma, densities.z.detach(), columns, 1000, estimator)
+    log_q_given_x = Normal(q.loc, q.scale).log_prob(densities.z).sum(-1).detach().double()
+    torch.testing.assert_close(mi.double(), log_q_given_x - log_q, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tc.double(), log_q - log_marginals, rtol=1e-4, atol=1e-4)
+    log_p = Normal(0.0, 1.0).log_prob(densities.z.detach()).sum(-1).double()
+    torch.testing.assert_close(dim_kl.double(), log_marginals - log_p, rtol=1e-4, atol=1e-4)
+
+
+def test_remembered_posteriors_like_the_batchs_leave_the_stratified_estimate_exact():
+    """Every posterior, remembered or not, the same: the stratified weights sum to 1 over all of them, so
+    MI and TC stay 0; were the memory in the joint only, TC would not."""
+    m, n = 4, 50
+    z = torch.randn(m, D)
+    posterior = Normal(torch.zeros(D), torch.ones(D) * 0.7)
+    log_q_pairs = posterior.log_prob(z).unsqueeze(1).expand(m, m, D)
+    loc, scale = torch.zeros(6, D), torch.full((6, D), 0.7)
+    filled = torch.zeros(6)
+    remembered = (*BetaTCVAE.remembered_log_sums(z, loc, scale, filled), filled.exp().sum())
+    mi, tc, _ = BetaTCVAE.decomposition(log_q_pairs, torch.zeros(m, D), n, "mss", remembered)
+    torch.testing.assert_close(mi, torch.zeros(m), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tc, torch.zeros(m), atol=1e-5, rtol=0)
+
+
+def test_the_memory_keeps_the_latest_posteriors_in_a_ring():
+    model = tiny()
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=10))
+    seen = []
+    for step in range(4):  # 4 x 4 posteriors into 10 slots: the ring wraps
+        x = torch.rand(4, 1, 8, 8)
+        terms = objective(model, x, Context(generators=noise(4, seed=10 * step).generators, dataset_size=100))
+        seen.append(terms.posterior[0].detach())
+        objective.after_step(terms)
+    loc, scale, filled = objective.remembered
+    latest = torch.cat(seen)[-10:]  # the last ten, written at slots 6..9 then 0..5
+    torch.testing.assert_close(torch.cat([loc[6:], loc[:6]]), latest)
+    assert filled.tolist() == [0.0] * 10 and bool((scale > 0).all())
+    big = torch.rand(25, 1, 8, 8)  # more posteriors than slots: the last ten are kept
+    terms = objective(model, big, Context(generators=noise(25).generators, dataset_size=100))
+    objective.after_step(terms)
+    assert torch.equal(objective.remembered[0].sort(0).values, terms.posterior[0].detach()[-10:].sort(0).values)
+
+
+def test_a_half_filled_memory_counts_only_what_it_holds():
+    model = tiny()
+    x = torch.rand(4, 1, 8, 8)
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=100))
+    first = objective(model, x, Context(generators=noise(4).generators, dataset_size=100))
+    assert objective.remembered is None and first.posterior is not None
+    objective.after_step(first)
+    assert objective.remembered[2].exp().sum().item() == 4  # 4 of the 100 slots filled
+    second = objective(model, x, Context(generators=noise(4).generators, dataset_size=100))
+    plain = make_objective("btcvae", beta=6.0)(model, x, Context(generators=noise(4).generators, dataset_size=100))
+    assert plain.posterior is None
+    # the same four posteriors remembered: every sum doubles and its count too, so the MWS estimates stand
+    torch.testing.assert_close(second.extra["total_correlation"], plain.extra["total_correlation"])
+    torch.testing.assert_close(second.loss, plain.loss)
+
+
+def test_a_run_with_remembered_posteriors_trains(tmp_path):
+    from tests.conftest import tiny_config
+    from vaelab.train import Trainer
+
+    config = tiny_config("objective.name=btcvae", "objective.beta=6.0", "objective.tc_memory=64")
+    trainer = Trainer(config, tmp_path / "run", figures=False)
+    trainer.fit(progress=False)
+    assert trainer.objective.remembered[2].exp().sum().item() == 64  # the steps filled the ring
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("split") == "train"]
+    assert train and all(math.isfinite(r["total_correlation"]) for r in train)
+
+
+def test_the_memory_size_is_checked_and_belongs_to_btcvae():
+    config = apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_memory=4096"])
+    assert config.objective.tc_memory == 4096
+    with pytest.raises(VaelabError, match="objective.tc_memory must be"):
+        apply_overrides(RunConfig(), ["objective.name=btcvae", "objective.tc_memory=-1"])
+    with pytest.raises(VaelabError, match="objective.tc_memory applies to objective.name = btcvae"):
+        apply_overrides(RunConfig(), ["objective.tc_memory=4096"])
+
+
 def test_btcvae_needs_the_data_set_size_and_the_whole_batch():
     model = tiny()
     x = torch.rand(4, 1, 8, 8)

@@ -236,6 +236,9 @@ class ObjectiveConfig(_Keys):
     # btcvae: Chen et al.'s warm-up (their dSprites: 7000): over this many optimiser steps the TC weight rises from 0
     # to beta and the dimension-wise KL's from 0.05 to gamma; 0: none
     tc_anneal_steps: int = 0
+    # btcvae: the posteriors of this many recent training examples join the batch's in the estimate of q(z) (a ring
+    # refilled each step, not kept in checkpoints); 0: the batch alone, as Chen et al.
+    tc_memory: int = 0
     gamma: float = 1.0  # btcvae: weight of the dimension-wise KL (Chen et al.); capacity: of |KL - C| (Burgess et al.)
     capacity_max: float = 25.0  # capacity: C's final value, nats (Burgess et al. on dSprites: 25)
     capacity_steps: int = 100_000  # capacity: optimiser steps over which C grows linearly from 0 (0: C_max at once)
@@ -273,6 +276,7 @@ class ObjectiveConfig(_Keys):
                 raise VaelabError(f"objective.{key} must be >= 0, got {getattr(self, key)}")
         _at_least("objective.capacity_steps", self.capacity_steps, 0)
         _at_least("objective.tc_anneal_steps", self.tc_anneal_steps, 0)
+        _at_least("objective.tc_memory", self.tc_memory, 0)
         defaults = ObjectiveConfig()
         for key, users in OBJECTIVE_KEYS.items():
             if self.name not in users and getattr(self, key) != getattr(defaults, key):
@@ -320,6 +324,7 @@ OBJECTIVE_KEYS = {
     "alpha": ("btcvae",),
     "tc_estimator": ("btcvae",),
     "tc_anneal_steps": ("btcvae",),
+    "tc_memory": ("btcvae",),
     "gamma": ("btcvae", "capacity"),
     "capacity_max": ("capacity",),
     "capacity_steps": ("capacity",),

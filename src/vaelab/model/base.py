@@ -151,6 +151,7 @@ class CodeDensities:
     z: torch.Tensor  # B x d, the sample z_i ~ q(z | x_i)
     log_q_pairs: torch.Tensor  # B x B x d: [i, j, k] = log q(z_ik | x_j), every code under every example's posterior
     log_p: torch.Tensor  # B x d: log p(z_ik), the prior per dimension
+    posterior: tuple[torch.Tensor, torch.Tensor]  # the diagonal Gaussian posteriors' means and scales, B x d each
 
 
 @dataclass
@@ -171,6 +172,8 @@ class Terms:
     kl: torch.Tensor  # per example, nats
     kl_per_dim: torch.Tensor | None = None  # B x d where the KL factorises
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # further named per-example terms
+    # the posteriors' means and scales (B x d each), for an objective that remembers them between steps
+    posterior: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 EXPORT_PARTS = ("encoder", "decoder")

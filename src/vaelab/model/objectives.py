@@ -63,6 +63,9 @@ class Objective:
     def check_model(self, model) -> None:
         """Raise a one-line VaelabError if ``model`` cannot be trained on this objective (default: any can)."""
 
+    def after_step(self, terms: Terms) -> None:
+        """Keep what the next steps need from this training step's terms (default: nothing)."""
+
 
 class ELBO(Objective):
     def __init__(self, beta: float = 1.0, free_bits: float = 0.0) -> None:
@@ -220,15 +223,47 @@ class BetaTCVAE(Objective):
     ``--beta-anneal --lambda-anneal``, 7,000 steps for dSprites): the TC weight rises from 0 and the
     dimension-wise KL's from 0.05 of gamma, linearly in the step, to beta and gamma at ``anneal_steps``
     (:meth:`weights`); the mutual information's stays alpha.
+
+    ``memory`` > 0 adds the posteriors of that many recent training examples (their detached means and
+    scales, a ring refilled after each step by :meth:`after_step`) to the batch's M as further samples of the
+    data, in the joint and in every marginal alike: M + Q posteriors, N (M + Q) in place of N M (mws), or
+    1/N for a code's own and (N - 1) / (N (M + Q - 1)) for each other (mss). With narrow posteriors a batch
+    says little about the joint q(z), each code's own posterior dominating its sum. The joint and the
+    marginals must see the same posteriors with the same weights: with more in the joint than in the
+    marginals, shrinking a scale raises the marginals' own terms and not the joint's, which the TC weight
+    rewards, and the posteriors collapse (measured: docs/disentanglement.md).
     """
 
     def __init__(
-        self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, estimator: str = "mws", anneal_steps: int = 0
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        estimator: str = "mws",
+        anneal_steps: int = 0,
+        memory: int = 0,
     ) -> None:
         if estimator not in TC_ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
         self.alpha, self.beta, self.gamma, self.estimator = alpha, beta, gamma, estimator
         self.anneal_steps = anneal_steps
+        self.memory = memory
+        # loc and scale (Q x d) of the remembered posteriors, and each slot's log weight: 0 filled, -inf empty
+        self.remembered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._next_slot = 0
+
+    def after_step(self, terms: Terms) -> None:
+        """Remember the step's posteriors in the ring, the oldest first out."""
+        if not self.memory or terms.posterior is None:
+            return
+        loc, scale = (t.detach().float() for t in terms.posterior)
+        if self.remembered is None:
+            q, d = self.memory, loc.shape[-1]
+            self.remembered = (loc.new_zeros(q, d), loc.new_ones(q, d), loc.new_full((q,), -math.inf))
+        slots = (self._next_slot + torch.arange(min(len(loc), self.memory))) % self.memory
+        for kept, new in zip(self.remembered, (loc[-len(slots) :], scale[-len(slots) :], loc.new_zeros(len(slots)))):
+            kept[slots] = new
+        self._next_slot = (self._next_slot + len(slots)) % self.memory
 
     def weights(self, iteration: int) -> tuple[float, float]:
         """(TC weight, dimension-wise KL weight) at the ``iteration``-th optimiser step, counted from 1 as theirs."""
@@ -238,32 +273,69 @@ class BetaTCVAE(Objective):
         return self.beta * done, self.gamma * min(1.0, 0.05 + done)
 
     @staticmethod
+    def column_log_weights(
+        count: int | torch.Tensor, dataset_size: int, estimator: str
+    ) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """(log weight of a code's own posterior, of each other one) in the estimate of q(z_i) from ``count``
+        posteriors of a data set of N: both 1/(N count) (mws); 1/N and (N - 1) / (N (count - 1)), summing to 1
+        (mss; a code alone, or N = 1, has only its own, weight 1)."""
+        n = dataset_size
+        log_count = torch.log(count) if isinstance(count, torch.Tensor) else math.log(count)
+        if estimator == "mws":
+            return -math.log(n) - log_count, -math.log(n) - log_count
+        if estimator != "mss":
+            raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
+        if n == 1:
+            return 0.0, -math.inf
+        if isinstance(count, torch.Tensor):
+            others = math.log(n - 1) - math.log(n) - torch.log((count - 1).clamp_min(1))
+            return torch.where(count <= 1, 0.0, -math.log(n)), others
+        if count <= 1:
+            return 0.0, -math.inf
+        return -math.log(n), math.log(n - 1) - math.log(n) - math.log(count - 1)
+
+    @staticmethod
     def stratified_log_weights(batch: int, dataset_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
         """log W (B x B) of mss: the weight of q(z_i | x_j) in the estimate of q(z_i), 1/N on the diagonal and
         (N - 1) / (N (B - 1)) off it, each row summing to 1; a batch of one has only its own code (weight 1)."""
-        n, m = dataset_size, batch
+        own, other = BetaTCVAE.column_log_weights(batch, dataset_size, "mss")
         options = {"dtype": like.dtype, "device": like.device} if like is not None else {}
-        if m == 1:
-            return torch.zeros((1, 1), **options)
-        others = math.log(n - 1) - math.log(n * (m - 1)) if n > 1 else -math.inf  # N = 1: no others
-        return torch.full((m, m), others, **options).fill_diagonal_(-math.log(n))
+        return torch.full((batch, batch), other, **options).fill_diagonal_(own)
+
+    @staticmethod
+    def remembered_log_sums(
+        z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, filled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log sum_j q(z_i | x_j) (B) and, per dimension, log sum_j q(z_ik | x_j) (B x d) over the remembered
+        posteriors j (``loc``, ``scale``: Q x d; ``filled``: Q log weights, 0 or -inf for an empty slot)."""
+        standardised = (z.unsqueeze(1) - loc) / scale  # B x Q x d
+        log_q = -0.5 * standardised.pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)
+        joint = torch.logsumexp(log_q.sum(-1) + filled, 1)
+        return joint, torch.logsumexp(log_q + filled.unsqueeze(-1), 1)
 
     @staticmethod
     def decomposition(
-        log_q_pairs: torch.Tensor, log_p: torch.Tensor, dataset_size: int, estimator: str = "mws"
+        log_q_pairs: torch.Tensor,
+        log_p: torch.Tensor,
+        dataset_size: int,
+        estimator: str = "mws",
+        remembered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(MI_i, TC_i, dimKL_i) per example from log q(z_ik | x_j) (B x B x d) and log p(z_ik) (B x d)."""
+        """(MI_i, TC_i, dimKL_i) per example from log q(z_ik | x_j) (B x B x d) and log p(z_ik) (B x d);
+        ``remembered``: the sums over remembered posteriors (:meth:`remembered_log_sums`) and how many there
+        are, further terms of every estimate."""
+        batch = len(log_q_pairs)
         log_q_given_x = log_q_pairs.diagonal(dim1=0, dim2=1).sum(0)  # [i, i, :] summed: log q(z_i | x_i)
-        if estimator == "mws":
-            log_nm = math.log(dataset_size * len(log_q_pairs))
-            log_q = torch.logsumexp(log_q_pairs.sum(-1), 1) - log_nm  # log q(z_i)
-            log_q_marginals = (torch.logsumexp(log_q_pairs, 1) - log_nm).sum(-1)  # sum_k log q(z_ik)
-        elif estimator == "mss":
-            log_w = BetaTCVAE.stratified_log_weights(len(log_q_pairs), dataset_size, log_q_pairs)
-            log_q = torch.logsumexp(log_w + log_q_pairs.sum(-1), 1)
-            log_q_marginals = torch.logsumexp(log_w.unsqueeze(-1) + log_q_pairs, 1).sum(-1)
-        else:
-            raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
+        count = batch if remembered is None else batch + remembered[2]
+        own, other = BetaTCVAE.column_log_weights(count, dataset_size, estimator)
+        is_own = torch.eye(batch, dtype=torch.bool, device=log_q_pairs.device)
+        log_w = torch.where(is_own, own, other)  # B x B
+        log_q = torch.logsumexp(log_w + log_q_pairs.sum(-1), 1)  # log q(z_i)
+        log_q_marginals = torch.logsumexp(log_w.unsqueeze(-1) + log_q_pairs, 1)  # log q(z_ik)
+        if remembered is not None:
+            log_q = torch.logaddexp(log_q, other + remembered[0])
+            log_q_marginals = torch.logaddexp(log_q_marginals, other + remembered[1])
+        log_q_marginals = log_q_marginals.sum(-1)
         return log_q_given_x - log_q, log_q - log_q_marginals, log_q_marginals - log_p.sum(-1)
 
     def __call__(self, model, x: torch.Tensor, ctx: Context | None = None) -> Terms:
@@ -273,13 +345,20 @@ class BetaTCVAE(Objective):
             raise VaelabError("objective.name = btcvae needs the training set's size N (Context.dataset_size)")
         densities = model.code_densities(x, ctx)
         parts = densities.parts
-        mi, tc, dim_kl = self.decomposition(densities.log_q_pairs, densities.log_p, ctx.dataset_size, self.estimator)
+        remembered = None
+        if self.remembered is not None:
+            loc, scale, filled = self.remembered
+            remembered = (*self.remembered_log_sums(densities.z, loc, scale, filled), filled.exp().sum())
+        mi, tc, dim_kl = self.decomposition(
+            densities.log_q_pairs, densities.log_p, ctx.dataset_size, self.estimator, remembered
+        )
         beta, gamma = self.weights(ctx.step + 1)  # ctx.step: the steps before this one
         penalised = self.alpha * mi + beta * tc + gamma * dim_kl
         loss = (parts.reconstruction + ctx.kl_weight * penalised).mean() + _penalty(parts)
         extra = {**parts.extra, "mutual_information": mi, "total_correlation": tc, "dimension_kl": dim_kl}
         kl = parts.kl
-        return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, extra)
+        posterior = densities.posterior if self.memory else None
+        return Terms(loss, parts.reconstruction + kl, parts.reconstruction, kl, parts.kl_per_dim, extra, posterior)
 
 
 class _ImportanceWeightedPath(torch.autograd.Function):
@@ -379,7 +458,9 @@ def _capacity(config) -> CapacityELBO:
     "stratified sampling (tc_estimator)",
 )
 def _btcvae(config) -> BetaTCVAE:
-    return BetaTCVAE(config.alpha, config.beta, config.gamma, config.tc_estimator, config.tc_anneal_steps)
+    return BetaTCVAE(
+        config.alpha, config.beta, config.gamma, config.tc_estimator, config.tc_anneal_steps, config.tc_memory
+    )
 
 
 def build_objective(config):

@@ -71,7 +71,7 @@ class SlotModel(LatentVariableModel):
             )
         loc, scale = q_parts
         log_q_pairs = Normal(loc.unsqueeze(0), scale.unsqueeze(0)).log_prob(z.unsqueeze(1))  # [i, j]: z_i under x_j
-        return CodeDensities(parts, z, log_q_pairs, p.base_dist.log_prob(z))
+        return CodeDensities(parts, z, log_q_pairs, p.base_dist.log_prob(z), (loc, scale))
 
     def slot_log_weights(
         self,

@@ -39,7 +39,7 @@ class TrainStep:
     ):
         self.model = model
         self.dataset_size = dataset_size  # the training examples batches are drawn from (estimators of q(z))
-        self.objective = objective
+        self.objective = self.eager_objective = objective  # the eager one keeps any state between steps
         if compile:
             import torch._inductor.config as inductor_config
 
@@ -77,4 +77,5 @@ class TrainStep:
         if self.world.distributed:
             self.world.sum_gradients(self.parameters)
         self.optimizer.step()
+        self.eager_objective.after_step(terms)
         return terms
