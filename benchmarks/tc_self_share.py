@@ -20,8 +20,8 @@ import torch
 
 from vaelab import pretrained
 from vaelab.data.datasets import load_dataset
+from vaelab.distributions.kl import diagonal_normal_parts
 from vaelab.model import load_model
-from vaelab.model.slots import diagonal_normal_parts
 
 
 def own_share(log_q: torch.Tensor, own: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from vaelab.config import ModelConfig, ObjectiveConfig, RunConfig, apply_overrid
 from vaelab.core.registry import ARCHITECTURES, FAMILIES, OBJECTIVES
 from vaelab.errors import VaelabError
 from vaelab.model import BetaTCVAE, CapacityELBO, Context, Shard, Unsupported, build_model, make_objective
+from vaelab.model.base import Terms
 from vaelab.model.factorvae import FactorVAE, permute_dims
 from vaelab.model.factorvae.model import DISCRIMINATOR_BETAS
 from vaelab.model.objectives import build_objective
@@ -401,16 +402,18 @@ def test_remembered_posteriors_like_the_batchs_leave_the_stratified_estimate_exa
 def test_the_memory_keeps_the_latest_posteriors_in_a_ring():
     model = tiny()
     objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=10))
-    seen = []
+    seen, seen_scales = [], []
     for step in range(4):  # 4 x 4 posteriors into 10 slots: the ring wraps
         x = torch.rand(4, 1, 8, 8)
         terms = objective(model, x, Context(generators=noise(4, seed=10 * step).generators, dataset_size=100))
         seen.append(terms.posterior[0].detach())
+        seen_scales.append(terms.posterior[1].detach())
         objective.after_step(terms)
     loc, scale, filled = objective.remembered
     latest = torch.cat(seen)[-10:]  # the last ten, written at slots 6..9 then 0..5
     torch.testing.assert_close(torch.cat([loc[6:], loc[:6]]), latest)
-    assert filled.tolist() == [0.0] * 10 and bool((scale > 0).all())
+    torch.testing.assert_close(torch.cat([scale[6:], scale[:6]]), torch.cat(seen_scales)[-10:])
+    assert filled.tolist() == [0.0] * 10
     big = torch.rand(25, 1, 8, 8)  # more posteriors than slots: the last ten are kept
     terms = objective(model, big, Context(generators=noise(25).generators, dataset_size=100))
     objective.after_step(terms)
@@ -420,11 +423,11 @@ def test_the_memory_keeps_the_latest_posteriors_in_a_ring():
 def test_a_half_filled_memory_counts_only_what_it_holds():
     model = tiny()
     x = torch.rand(4, 1, 8, 8)
-    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=100))
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=50))
     first = objective(model, x, Context(generators=noise(4).generators, dataset_size=100))
     assert objective.remembered is None and first.posterior is not None
     objective.after_step(first)
-    assert objective.remembered[2].exp().sum().item() == 4  # 4 of the 100 slots filled
+    assert objective.remembered[2].exp().sum().item() == 4  # 4 of the 50 slots filled
     second = objective(model, x, Context(generators=noise(4).generators, dataset_size=100))
     plain = make_objective("btcvae", beta=6.0)(model, x, Context(generators=noise(4).generators, dataset_size=100))
     assert plain.posterior is None
@@ -444,6 +447,87 @@ def test_a_run_with_remembered_posteriors_trains(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("split") == "train"]
     assert train and all(math.isfinite(r["total_correlation"]) for r in train)
+
+
+def _records_of(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_run_has_its_remembered_posteriors_back(tmp_path):
+    """Stopped after epoch 1 and resumed, the run trains on as the whole run does: the ring is in the checkpoint."""
+    from tests.conftest import tiny_config
+    from vaelab.train import Trainer
+
+    config = tiny_config("objective.name=btcvae", "objective.beta=6.0", "objective.tc_memory=48", "train.epochs=3")
+    whole = Trainer(config, tmp_path / "whole", figures=False)
+    whole.fit(progress=False)
+    stopped = Trainer(config, tmp_path / "stopped", figures=False)
+    real = stopped.train_epoch
+
+    def stopping(*args, **kwargs):
+        if stopped.epoch == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    stopped.train_epoch = stopping
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(progress=False)
+    resumed = Trainer.resume(tmp_path / "stopped")
+    assert resumed.epoch == 1 and resumed.objective.remembered is not None
+    resumed.fit(progress=False)
+    for a, b in zip(_records_of(tmp_path / "stopped"), _records_of(tmp_path / "whole"), strict=True):
+        assert (a["epoch"], a["split"]) == (b["epoch"], b["split"])
+        assert a["total"] == pytest.approx(b["total"], rel=1e-6), (a, b)
+    for kept, expected in zip(resumed.objective.remembered, whole.objective.remembered):
+        assert torch.equal(kept, expected)
+
+
+def test_remembered_posteriors_that_do_not_fit_are_refused_whole():
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=8))
+    state = {"loc": torch.zeros(8, 3), "scale": torch.ones(8, 3), "filled": torch.ones(8, dtype=torch.bool)}
+    objective.load_state_dict({**state, "next_slot": torch.tensor(2)})
+    assert objective._next_slot == 2 and objective.remembered[2].tolist() == [0.0] * 8
+    for bad in (
+        {**state, "next_slot": torch.tensor(9)},  # a slot the ring has not
+        {**state, "loc": torch.zeros(4, 3), "next_slot": torch.tensor(0)},  # another memory size
+        {**state, "scale": torch.zeros(8, 3), "next_slot": torch.tensor(0)},  # no density has scale 0
+        state,  # a key missing
+    ):
+        with pytest.raises(VaelabError, match="do not fit objective.tc_memory = 8"):
+            objective.load_state_dict(bad)
+        assert objective._next_slot == 2  # unchanged
+    with pytest.raises(VaelabError, match="objective state"):
+        make_objective("elbo").load_state_dict(state)
+
+
+def test_a_memory_as_large_as_the_data_is_refused():
+    model = tiny()
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=98))
+    with pytest.raises(VaelabError, match="objective.tc_memory = 98 and a batch of 4 exceed the 100 training examples"):
+        objective(model, torch.rand(4, 1, 8, 8), Context(generators=noise(4).generators, dataset_size=100))
+
+
+def test_an_empty_step_leaves_the_memory_alone():
+    objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=8))
+    empty = torch.zeros(0, 3)
+    objective.after_step(Terms(torch.zeros(()), empty[:, 0], empty[:, 0], empty[:, 0], posterior=(empty, empty)))
+    assert objective.remembered is None
+
+
+def test_the_compiled_objective_reads_the_ring_as_it_is_refilled():
+    from vaelab.train.step import TrainStep
+
+    losses = []
+    for compile in (False, True):
+        model = tiny()
+        objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=10))
+        step = TrainStep(model, objective, torch.optim.Adam(model.parameters(), 1e-3), compile=compile, dataset_size=100)
+        losses.append([])
+        for i in range(4):  # the ring wraps on the third step
+            terms = step(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(i)), step=i)
+            losses[-1].append(terms.extra["total_correlation"].detach())
+    for eager, compiled in zip(*losses):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
 def test_the_memory_size_is_checked_and_belongs_to_btcvae():

@@ -236,8 +236,8 @@ class ObjectiveConfig(_Keys):
     # btcvae: Chen et al.'s warm-up (their dSprites: 7000): over this many optimiser steps the TC weight rises from 0
     # to beta and the dimension-wise KL's from 0.05 to gamma; 0: none
     tc_anneal_steps: int = 0
-    # btcvae: the posteriors of this many recent training examples join the batch's in the estimate of q(z) (a ring
-    # refilled each step, not kept in checkpoints); 0: the batch alone, as Chen et al.
+    # btcvae: the posteriors of this many recent training examples join the batch's in the estimate of q(z) and of
+    # its marginals (a ring refilled each step, kept in checkpoints); 0: the batch alone, as Chen et al.
     tc_memory: int = 0
     gamma: float = 1.0  # btcvae: weight of the dimension-wise KL (Chen et al.); capacity: of |KL - C| (Burgess et al.)
     capacity_max: float = 25.0  # capacity: C's final value, nats (Burgess et al. on dSprites: 25)

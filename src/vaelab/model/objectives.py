@@ -27,6 +27,7 @@ through the step's :class:`~vaelab.model.base.Context`.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,15 @@ class Objective:
 
     def after_step(self, terms: Terms) -> None:
         """Keep what the next steps need from this training step's terms (default: nothing)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the objective keeps between steps, for a checkpoint (default: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`'s tensors; raise a one-line VaelabError, changing nothing, if they do not fit."""
+        if state:
+            raise VaelabError(f"the checkpoint holds objective state ({reprlib.repr(sorted(state))}) this objective has not")
 
 
 class ELBO(Objective):
@@ -254,7 +264,7 @@ class BetaTCVAE(Objective):
 
     def after_step(self, terms: Terms) -> None:
         """Remember the step's posteriors in the ring, the oldest first out."""
-        if not self.memory or terms.posterior is None:
+        if not self.memory or terms.posterior is None or not len(terms.posterior[0]):
             return
         loc, scale = (t.detach().float() for t in terms.posterior)
         if self.remembered is None:
@@ -264,6 +274,35 @@ class BetaTCVAE(Objective):
         for kept, new in zip(self.remembered, (loc[-len(slots) :], scale[-len(slots) :], loc.new_zeros(len(slots)))):
             kept[slots] = new
         self._next_slot = (self._next_slot + len(slots)) % self.memory
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.remembered is None:
+            return {}
+        loc, scale, filled = self.remembered
+        return {"loc": loc, "scale": scale, "filled": filled == 0, "next_slot": torch.tensor(self._next_slot)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            self.remembered, self._next_slot = None, 0
+            return
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
+        q = self.memory
+        fits = (
+            set(state) == {"loc", "scale", "filled", "next_slot"}
+            and shapes["loc"] == shapes["scale"] == (q, shapes["loc"][-1] if shapes["loc"] else -1)
+            and shapes["filled"] == (q,)
+            and state["filled"].dtype == torch.bool
+            and shapes["next_slot"] == ()
+            and 0 <= int(state["next_slot"]) < max(q, 1)
+            and bool((state["scale"] > 0).all())
+        )
+        if not fits:
+            raise VaelabError(
+                f"the checkpoint's remembered posteriors ({reprlib.repr(shapes)}) do not fit objective.tc_memory = {q}"
+            )
+        filled = torch.where(state["filled"], 0.0, -math.inf)
+        self.remembered = (state["loc"].float().clone(), state["scale"].float().clone(), filled)
+        self._next_slot = int(state["next_slot"])
 
     def weights(self, iteration: int) -> tuple[float, float]:
         """(TC weight, dimension-wise KL weight) at the ``iteration``-th optimiser step, counted from 1 as theirs."""
@@ -288,8 +327,9 @@ class BetaTCVAE(Objective):
         if n == 1:
             return 0.0, -math.inf
         if isinstance(count, torch.Tensor):
+            alone = count <= 1
             others = math.log(n - 1) - math.log(n) - torch.log((count - 1).clamp_min(1))
-            return torch.where(count <= 1, 0.0, -math.log(n)), others
+            return torch.where(alone, 0.0, -math.log(n)), torch.where(alone, -math.inf, others)
         if count <= 1:
             return 0.0, -math.inf
         return -math.log(n), math.log(n - 1) - math.log(n) - math.log(count - 1)
@@ -343,6 +383,11 @@ class BetaTCVAE(Objective):
         _whole_batch(ctx, "btcvae", "estimates q(z) from the whole batch's codes")
         if ctx.dataset_size < 1:
             raise VaelabError("objective.name = btcvae needs the training set's size N (Context.dataset_size)")
+        if self.memory + len(x) > ctx.dataset_size:
+            raise VaelabError(
+                f"objective.tc_memory = {self.memory} and a batch of {len(x)} exceed the {ctx.dataset_size} training "
+                "examples: the memory would hold the batch's own examples as others; lower objective.tc_memory"
+            )
         densities = model.code_densities(x, ctx)
         parts = densities.parts
         remembered = None

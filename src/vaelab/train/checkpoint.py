@@ -24,7 +24,7 @@ from vaelab.errors import VaelabError
 from vaelab.io import atomic_write
 from vaelab.model.store import check_state, one_line, require_finite, short_repr
 
-PREFIXES = ("model.", "averaged.", "optimizer.", "rng.")
+PREFIXES = ("model.", "averaged.", "optimizer.", "rng.", "objective.")
 RNG_NAMES = ("torch", "data", "cuda")
 _PARAM_ID = re.compile(r"(0|[1-9][0-9]*)", re.ASCII)
 
@@ -36,8 +36,10 @@ def save_checkpoint(
     rng_states: dict[str, torch.Tensor],
     info: dict[str, Any],
     averaged: torch.nn.Module | None = None,
+    objective_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """``averaged``: the run's moving average of the weights, if it keeps one (saved beside the model).
+    """``averaged``: the run's moving average of the weights, if it keeps one (saved beside the model);
+    ``objective_state``: what the objective keeps between steps (``Objective.state_dict``).
 
     Refuses non-finite weights or optimiser state: the previous checkpoint is kept instead.
     """
@@ -54,6 +56,7 @@ def save_checkpoint(
                 tensors[f"optimizer.{param_id}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(param_id), {})[name] = value
+    tensors.update({f"objective.{k}": v.detach().cpu().contiguous() for k, v in (objective_state or {}).items()})
     require_finite(tensors, f"refusing to save the checkpoint {path}")
     for name, state in rng_states.items():
         tensors[f"rng.{name}"] = state.contiguous()
@@ -81,8 +84,10 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     averaged: torch.nn.Module | None = None,
+    objective=None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore model, optimiser (and the weights' moving average, if given) in place; return (rng states, info).
+    """Restore model, optimiser (and the weights' moving average, and the objective's state, if given) in place;
+    return (rng states, info).
 
     Everything is checked first: a checkpoint that does not fit the run raises :class:`VaelabError`
     and leaves the model and the optimiser as they were.
@@ -119,6 +124,10 @@ def load_checkpoint(
         _metadata_json(path, metadata, "optimizer_scalars", default={}),
     )
     rng = _rng_states(path, parts["rng."])
+    if objective is not None:  # it checks the state before taking it
+        objective.load_state_dict(parts["objective."])
+    elif parts["objective."]:
+        raise VaelabError(f"{path} holds objective state, which this run's objective does not keep")
     for name, module in modules.items():
         if module is not None:
             module.load_state_dict(parts[f"{name}."], strict=True)

@@ -7,7 +7,8 @@ A run directory holds (DESIGN.md): ``config.toml`` (fully resolved), ``model.saf
 Determinism: one seed drives weight initialisation, the reparameterisation noise (torch's global
 RNG) and the data order and dynamic binarisation (a separate generator). Both RNG states go into
 every end-of-epoch checkpoint, so an interrupted run resumed from its last checkpoint replays the
-remaining epochs exactly as an uninterrupted run would (same thread count assumed).
+remaining epochs exactly as an uninterrupted run would (same thread count assumed); so does what the objective
+keeps between steps (``Objective.state_dict``: beta-TCVAE's remembered posteriors).
 
 Snapshots (``train.snapshot_minutes`` > 0): each time the training clock (the one ``train.minutes`` counts:
 the epochs' training seconds, a resumed epoch's included) passes a multiple of the interval, after an optimiser
@@ -303,7 +304,9 @@ class Trainer:
                 RunConfig.load(run.config), run.path, console=console, figures=figures, figure_format=figure_format
             )
             trainer.enter_stage(trainer._checkpoint_stage(checkpoint_info(run.own(CHECKPOINT))))
-            rng, info = load_checkpoint(run.own(CHECKPOINT), trainer.model, trainer.optimizer, trainer.averaged)
+            rng, info = load_checkpoint(
+                run.own(CHECKPOINT), trainer.model, trainer.optimizer, trainer.averaged, trainer.objective
+            )
             torch.set_rng_state(rng["torch"])
             trainer.data_generator.set_state(rng["data"])
             if "cuda" in rng:
@@ -546,6 +549,7 @@ class Trainer:
                 **self._stage_fields(),
             },
             self.averaged,
+            self.objective.state_dict(),
         )
 
     def _snapshot_if_due(self, training_seconds: float, steps_done: int) -> None:
@@ -751,6 +755,7 @@ class Trainer:
             self._rng_states(),
             {"epoch": self.epoch, **stage},
             self.averaged,
+            self.objective.state_dict(),
         )
         if progress:
             line = f"epoch {self.epoch}/{self.total_epochs}{' (' + stage['stage'] + ')' if stage else ''}"
