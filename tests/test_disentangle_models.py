@@ -239,16 +239,28 @@ def test_btcvae_on_identical_posteriors_gives_the_estimators_known_offsets():
     torch.testing.assert_close(tc, torch.full((m,), (D - 1) * math.log(n)))
 
 
-def direct_stratified(mu, sigma, z, dataset_size):
-    """log q(z_i) and sum_k log q(z_ik) by Chen et al.'s stratified estimate, written out (float64): the code's
-    own posterior weighs 1/N, each of the other M - 1 (N - 1) / (N (M - 1))."""
-    mu, sigma, z = mu.double(), sigma.double(), z.double()
-    m, n = len(z), dataset_size
+def assert_terms_are(terms, q, z, log_q, log_marginals) -> None:
+    """(MI, TC, dimension-wise KL) are log q(z|x) - log q(z), log q(z) - sum_k log q(z_k), that - log p(z)."""
+    mi, tc, dim_kl = terms
+    log_q_given_x = Normal(q.loc, q.scale).log_prob(z).sum(-1).detach().double()
+    torch.testing.assert_close(mi.double(), log_q_given_x - log_q, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tc.double(), log_q - log_marginals, rtol=1e-4, atol=1e-4)
+    log_p = Normal(0.0, 1.0).log_prob(z.detach()).sum(-1).double()
+    torch.testing.assert_close(dim_kl.double(), log_marginals - log_p, rtol=1e-4, atol=1e-4)
+
+
+def explicit_estimates(mu, sigma, z, columns, dataset_size, estimator):
+    """log q(z_i) and sum_k log q(z_ik) written out (float64) over the C posteriors ``mu``, ``sigma`` (C x d;
+    the first B the batch's, z_i drawn from the i-th) that ``columns`` (C bools) says are filled."""
+    mu, sigma, z = mu[columns].double(), sigma[columns].double(), z.double()
+    c, n = len(mu), dataset_size
     log_q, log_marginals = [], []
-    for i in range(m):
-        density = Normal(mu, sigma).log_prob(z[i]).exp()  # M x d: q(z_ik | x_j)
-        weights = torch.full((m,), (n - 1) / (n * (m - 1)), dtype=torch.float64)
-        weights[i] = 1 / n
+    for i in range(len(z)):
+        density = Normal(mu, sigma).log_prob(z[i]).exp()  # C x d
+        weights = torch.full((c,), 1 / (n * c), dtype=torch.float64)
+        if estimator == "mss":
+            weights = torch.full((c,), (n - 1) / (n * (c - 1)), dtype=torch.float64)
+            weights[i] = 1 / n
         log_q.append(math.log((weights * density.prod(1)).sum()))
         log_marginals.append(sum(math.log((weights * density[:, k]).sum()) for k in range(z.shape[1])))
     return torch.tensor(log_q, dtype=torch.float64), torch.tensor(log_marginals, dtype=torch.float64)
@@ -259,13 +271,10 @@ def test_btcvae_stratified_terms_match_the_explicit_stratified_sums():
     x = torch.rand(5, 1, 8, 8)
     densities = model.code_densities(x, noise(5))
     q = model.q_z(x)
-    mi, tc, dim_kl = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, "mss")
-    log_q, log_marginals = direct_stratified(q.loc.detach(), q.scale.detach(), densities.z.detach(), 1000)
-    log_q_given_x = Normal(q.loc, q.scale).log_prob(densities.z).sum(-1).detach().double()
-    torch.testing.assert_close(mi.double(), log_q_given_x - log_q, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(tc.double(), log_q - log_marginals, rtol=1e-4, atol=1e-4)
-    log_p = Normal(0.0, 1.0).log_prob(densities.z.detach()).sum(-1).double()
-    torch.testing.assert_close(dim_kl.double(), log_marginals - log_p, rtol=1e-4, atol=1e-4)
+    terms = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, "mss")
+    everyone = torch.ones(5, dtype=torch.bool)
+    expected = explicit_estimates(q.loc.detach(), q.scale.detach(), densities.z.detach(), everyone, 1000, "mss")
+    assert_terms_are(terms, q, densities.z, *expected)
 
 
 def test_btcvae_stratified_estimate_is_exact_on_identical_posteriors():
@@ -346,23 +355,6 @@ def test_the_tc_estimator_is_checked_and_belongs_to_btcvae():
 # --- beta-TCVAE with remembered posteriors (objective.tc_memory) --------------------------------------
 
 
-def explicit_estimates(mu, sigma, z, columns, dataset_size, estimator):
-    """log q(z_i) and sum_k log q(z_ik) written out (float64) over the C posteriors ``mu``, ``sigma`` (C x d;
-    the first B the batch's, z_i drawn from the i-th) that ``columns`` (C bools) says are filled."""
-    mu, sigma, z = mu[columns].double(), sigma[columns].double(), z.double()
-    c, n = len(mu), dataset_size
-    log_q, log_marginals = [], []
-    for i in range(len(z)):
-        density = Normal(mu, sigma).log_prob(z[i]).exp()  # C x d
-        weights = torch.full((c,), 1 / (n * c), dtype=torch.float64)
-        if estimator == "mss":
-            weights = torch.full((c,), (n - 1) / (n * (c - 1)), dtype=torch.float64)
-            weights[i] = 1 / n
-        log_q.append(math.log((weights * density.prod(1)).sum()))
-        log_marginals.append(sum(math.log((weights * density[:, k]).sum()) for k in range(z.shape[1])))
-    return torch.tensor(log_q, dtype=torch.float64), torch.tensor(log_marginals, dtype=torch.float64)
-
-
 @pytest.mark.parametrize("estimator", ["mws", "mss"])
 def test_remembered_posteriors_join_the_batch_in_the_joint_and_every_marginal(estimator):
     torch.manual_seed(3)
@@ -373,15 +365,12 @@ def test_remembered_posteriors_join_the_batch_in_the_joint_and_every_marginal(es
     loc, scale = torch.randn(7, D), torch.rand(7, D) + 0.3
     filled = torch.tensor([0.0] * 4 + [-math.inf] * 3)  # three empty slots
     remembered = (*BetaTCVAE.remembered_log_sums(densities.z, loc, scale, filled), filled.exp().sum())
-    mi, tc, dim_kl = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, estimator, remembered)
+    terms = BetaTCVAE.decomposition(densities.log_q_pairs, densities.log_p, 1000, estimator, remembered)
     mu, sigma = torch.cat([q.loc.detach(), loc]), torch.cat([q.scale.detach(), scale])
     columns = torch.tensor([True] * 5 + [True] * 4 + [False] * 3)
-    log_q, log_marginals = explicit_estimates(mu, sigma, densities.z.detach(), columns, 1000, estimator)
-    log_q_given_x = Normal(q.loc, q.scale).log_prob(densities.z).sum(-1).detach().double()
-    torch.testing.assert_close(mi.double(), log_q_given_x - log_q, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(tc.double(), log_q - log_marginals, rtol=1e-4, atol=1e-4)
-    log_p = Normal(0.0, 1.0).log_prob(densities.z.detach()).sum(-1).double()
-    torch.testing.assert_close(dim_kl.double(), log_marginals - log_p, rtol=1e-4, atol=1e-4)
+    assert_terms_are(
+        terms, q, densities.z, *explicit_estimates(mu, sigma, densities.z.detach(), columns, 1000, estimator)
+    )
 
 
 def test_remembered_posteriors_like_the_batchs_leave_the_stratified_estimate_exact():
@@ -521,7 +510,9 @@ def test_the_compiled_objective_reads_the_ring_as_it_is_refilled():
     for compile in (False, True):
         model = tiny()
         objective = build_objective(ObjectiveConfig(name="btcvae", beta=6.0, tc_memory=10))
-        step = TrainStep(model, objective, torch.optim.Adam(model.parameters(), 1e-3), compile=compile, dataset_size=100)
+        step = TrainStep(
+            model, objective, torch.optim.Adam(model.parameters(), 1e-3), compile=compile, dataset_size=100
+        )
         losses.append([])
         for i in range(4):  # the ring wraps on the third step
             terms = step(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(i)), step=i)
