@@ -74,7 +74,9 @@ class Objective:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict`'s tensors; raise a one-line VaelabError, changing nothing, if they do not fit."""
         if state:
-            raise VaelabError(f"the checkpoint holds objective state ({reprlib.repr(sorted(state))}) this objective has not")
+            raise VaelabError(
+                f"the checkpoint holds objective state ({reprlib.repr(sorted(state))}) this objective has not"
+            )
 
 
 class ELBO(Objective):
@@ -289,7 +291,9 @@ class BetaTCVAE(Objective):
         q = self.memory
         fits = (
             set(state) == {"loc", "scale", "filled", "next_slot"}
-            and shapes["loc"] == shapes["scale"] == (q, shapes["loc"][-1] if shapes["loc"] else -1)
+            and len(shapes["loc"]) == 2
+            and shapes["loc"][0] == q
+            and shapes["scale"] == shapes["loc"]
             and shapes["filled"] == (q,)
             and state["filled"].dtype == torch.bool
             and shapes["next_slot"] == ()
@@ -312,35 +316,32 @@ class BetaTCVAE(Objective):
         return self.beta * done, self.gamma * min(1.0, 0.05 + done)
 
     @staticmethod
-    def column_log_weights(
-        count: int | torch.Tensor, dataset_size: int, estimator: str
-    ) -> tuple[float | torch.Tensor, float | torch.Tensor]:
-        """(log weight of a code's own posterior, of each other one) in the estimate of q(z_i) from ``count``
-        posteriors of a data set of N: both 1/(N count) (mws); 1/N and (N - 1) / (N (count - 1)), summing to 1
-        (mss; a code alone, or N = 1, has only its own, weight 1)."""
-        n = dataset_size
-        log_count = torch.log(count) if isinstance(count, torch.Tensor) else math.log(count)
+    def log_weights(
+        batch: int, count: int | torch.Tensor, dataset_size: int, estimator: str, like: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log W, B x B: the weight of q(z_i | x_j) among the batch's posteriors; the log weight of each posterior
+        beyond the batch) in the estimate of q(z_i) from ``count`` posteriors of a data set of N: every one
+        1/(N count) (mws); the code's own 1/N and each other (N - 1) / (N (count - 1)), summing to 1 (mss; a
+        code alone has only its own, weight 1)."""
+        n, count = dataset_size, torch.as_tensor(count, dtype=torch.float64)
         if estimator == "mws":
-            return -math.log(n) - log_count, -math.log(n) - log_count
-        if estimator != "mss":
-            raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
-        if n == 1:
-            return 0.0, -math.inf
-        if isinstance(count, torch.Tensor):
+            own = other = -math.log(n) - count.log()
+        elif estimator == "mss":
             alone = count <= 1
-            others = math.log(n - 1) - math.log(n) - torch.log((count - 1).clamp_min(1))
-            return torch.where(alone, 0.0, -math.log(n)), torch.where(alone, -math.inf, others)
-        if count <= 1:
-            return 0.0, -math.inf
-        return -math.log(n), math.log(n - 1) - math.log(n) - math.log(count - 1)
+            log_others = math.log(n - 1) - math.log(n) if n > 1 else -math.inf  # N = 1: no others
+            own = torch.where(alone, 0.0, -math.log(n))
+            other = torch.where(alone, -math.inf, log_others - (count - 1).clamp_min(1).log())
+        else:
+            raise ValueError(f"estimator must be one of {', '.join(TC_ESTIMATORS)}, not {estimator!r}")
+        dtype, device = (like.dtype, like.device) if like is not None else (torch.get_default_dtype(), None)
+        is_own = torch.eye(batch, dtype=torch.bool, device=device)
+        return torch.where(is_own, own, other).to(dtype), other
 
     @staticmethod
     def stratified_log_weights(batch: int, dataset_size: int, like: torch.Tensor | None = None) -> torch.Tensor:
         """log W (B x B) of mss: the weight of q(z_i | x_j) in the estimate of q(z_i), 1/N on the diagonal and
         (N - 1) / (N (B - 1)) off it, each row summing to 1; a batch of one has only its own code (weight 1)."""
-        own, other = BetaTCVAE.column_log_weights(batch, dataset_size, "mss")
-        options = {"dtype": like.dtype, "device": like.device} if like is not None else {}
-        return torch.full((batch, batch), other, **options).fill_diagonal_(own)
+        return BetaTCVAE.log_weights(batch, batch, dataset_size, "mss", like)[0]
 
     @staticmethod
     def remembered_log_sums(
@@ -367,9 +368,7 @@ class BetaTCVAE(Objective):
         batch = len(log_q_pairs)
         log_q_given_x = log_q_pairs.diagonal(dim1=0, dim2=1).sum(0)  # [i, i, :] summed: log q(z_i | x_i)
         count = batch if remembered is None else batch + remembered[2]
-        own, other = BetaTCVAE.column_log_weights(count, dataset_size, estimator)
-        is_own = torch.eye(batch, dtype=torch.bool, device=log_q_pairs.device)
-        log_w = torch.where(is_own, own, other)  # B x B
+        log_w, other = BetaTCVAE.log_weights(batch, count, dataset_size, estimator, log_q_pairs)
         log_q = torch.logsumexp(log_w + log_q_pairs.sum(-1), 1)  # log q(z_i)
         log_q_marginals = torch.logsumexp(log_w.unsqueeze(-1) + log_q_pairs, 1)  # log q(z_ik)
         if remembered is not None:
